@@ -1,0 +1,452 @@
+//! Loading, validating and indexing a policy bundle.
+//!
+//! A bundle is a set of files (the caller reads them; this crate does no IO):
+//! `*.cedar` policies, an optional `schema.cedarschema` that replaces the
+//! built-in schema, and an optional `entities.json`. Loading validates all
+//! of it and yields an immutable [`Bundle`] with a content hash.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{BundleError, Diagnostic, from_miette};
+use crate::event::ACTIONS;
+
+/// The built-in schema, used when a bundle has no `schema.cedarschema`.
+pub const BUILTIN_SCHEMA: &str = include_str!("builtin.cedarschema");
+
+/// Cedar namespace of every Gatehouse type and action.
+pub const NAMESPACE: &str = "Gatehouse";
+
+const SCHEMA_FILE: &str = "schema.cedarschema";
+const ENTITIES_FILE: &str = "entities.json";
+
+/// One file of a bundle, with its path relative to the bundle root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BundleFile {
+    pub path: String,
+    pub content: String,
+}
+
+/// The type of a context field the context builder knows how to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldType {
+    String,
+    Long,
+    Bool,
+    SetOfString,
+}
+
+/// What Gatehouse knows about one policy besides its Cedar text.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyInfo {
+    pub(crate) file: String,
+    pub(crate) effect: Effect,
+    pub(crate) ask: bool,
+    pub(crate) reason: Option<String>,
+}
+
+/// An entity from `entities.json`, with its ancestors flattened.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEntity {
+    pub(crate) attrs: HashMap<String, RestrictedExpression>,
+    pub(crate) ancestors: HashSet<EntityUid>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TypeNames {
+    pub(crate) agent: EntityTypeName,
+    pub(crate) tool: EntityTypeName,
+    pub(crate) package: EntityTypeName,
+    pub(crate) model: EntityTypeName,
+    pub(crate) memory: EntityTypeName,
+    pub(crate) session: EntityTypeName,
+    pub(crate) action: EntityTypeName,
+}
+
+/// A validated, compiled and indexed policy bundle. Immutable: share it
+/// behind an `Arc` and swap the whole bundle to reload.
+#[derive(Debug)]
+pub struct Bundle {
+    pub(crate) hash: String,
+    pub(crate) files: Vec<BundleFile>,
+    pub(crate) policies: HashMap<PolicyId, PolicyInfo>,
+    pub(crate) policy_count: usize,
+    /// Policies that can apply, per action (the index handed to Cedar).
+    pub(crate) by_action: HashMap<String, PolicySet>,
+    pub(crate) entities: HashMap<EntityUid, StoredEntity>,
+    pub(crate) input_fields: Vec<(String, FieldType)>,
+    pub(crate) metadata_fields: Vec<(String, FieldType)>,
+    pub(crate) types: TypeNames,
+    pub(crate) warnings: Vec<Diagnostic>,
+}
+
+impl Bundle {
+    /// Validates and compiles a bundle from its files.
+    pub fn load(files: impl IntoIterator<Item = BundleFile>) -> Result<Self, BundleError> {
+        let mut files: Vec<BundleFile> = files.into_iter().collect();
+        files.sort();
+        let hash = content_hash(&files);
+        let mut diags = Vec::new();
+        let mut warnings = Vec::new();
+
+        // Schema: the bundle's own, or the built-in one.
+        let (schema_file, schema_text) = match files.iter().find(|f| f.path == SCHEMA_FILE) {
+            Some(f) => (f.path.as_str(), f.content.as_str()),
+            None => ("<builtin>/schema.cedarschema", BUILTIN_SCHEMA),
+        };
+        let compiled = compile_schema(schema_file, schema_text, &mut diags);
+
+        // Policies, each re-keyed by its @id.
+        let mut policies = HashMap::new();
+        let mut all: Vec<Policy> = Vec::new();
+        let mut seen_ids: HashMap<String, String> = HashMap::new();
+        for file in files.iter().filter(|f| f.path.ends_with(".cedar")) {
+            parse_policy_file(file, &mut all, &mut policies, &mut seen_ids, &mut diags);
+        }
+        for file in &files {
+            let known = file.path.ends_with(".cedar")
+                || file.path == SCHEMA_FILE
+                || file.path == ENTITIES_FILE
+                || file.path.ends_with(".md")
+                || file.path.ends_with(".toml");
+            if !known {
+                warnings.push(Diagnostic {
+                    file: file.path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: "file ignored: not a policy, schema or entities file".into(),
+                });
+            }
+        }
+
+        let mut set = PolicySet::new();
+        for p in &all {
+            if let Err(e) = set.add(p.clone()) {
+                diags.push(Diagnostic {
+                    file: policies.get(p.id()).map_or(String::new(), |i: &PolicyInfo| i.file.clone()),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                });
+            }
+        }
+
+        let mut entities = HashMap::new();
+        let mut input_fields = Vec::new();
+        let mut metadata_fields = Vec::new();
+        if let Some((schema, fragment_json)) = &compiled {
+            // Strict validation of every policy against the schema.
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            for err in result.validation_errors() {
+                let info = policies.get(err.policy_id());
+                let (file, text) = locate(&files, info);
+                diags.push(from_miette(&file, text, err, &format!("policy `{}`: ", err.policy_id())));
+            }
+            for warn in result.validation_warnings() {
+                let info = policies.get(warn.policy_id());
+                let (file, text) = locate(&files, info);
+                warnings.push(from_miette(&file, text, warn, "warning: "));
+            }
+            match declared_fields(fragment_json, "ToolInput") {
+                Ok(f) => input_fields = f,
+                Err(msg) => diags.push(whole_file(schema_file, msg)),
+            }
+            match declared_fields(fragment_json, "Metadata") {
+                Ok(f) => metadata_fields = f,
+                Err(msg) => diags.push(whole_file(schema_file, msg)),
+            }
+            if let Some(f) = files.iter().find(|f| f.path == ENTITIES_FILE) {
+                match Entities::from_json_str(&f.content, Some(schema)) {
+                    Ok(parsed) => entities = flatten_entities(parsed),
+                    Err(e) => diags.push(from_miette(&f.path, &f.content, &e, "")),
+                }
+            }
+        }
+
+        if !diags.is_empty() {
+            return Err(BundleError { diagnostics: diags });
+        }
+
+        let types = type_names();
+        let by_action = index_by_action(&all, &types);
+        Ok(Self {
+            hash,
+            files,
+            policy_count: all.len(),
+            policies,
+            by_action,
+            entities,
+            input_fields,
+            metadata_fields,
+            types,
+            warnings,
+        })
+    }
+
+    /// Hex SHA-256 over the bundle's files (paths and contents).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The source files, sorted by path (what the server pushes to clients).
+    pub fn files(&self) -> &[BundleFile] {
+        &self.files
+    }
+
+    /// How many policies the bundle holds.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    /// Non-fatal findings (Cedar validation warnings, ignored files).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+}
+
+/// Hex SHA-256 over sorted files; identical on every path that loads them.
+fn content_hash(files: &[BundleFile]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update((f.path.len() as u64).to_le_bytes());
+        h.update(f.path.as_bytes());
+        h.update((f.content.len() as u64).to_le_bytes());
+        h.update(f.content.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn whole_file(file: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+fn locate<'a>(files: &'a [BundleFile], info: Option<&PolicyInfo>) -> (String, &'a str) {
+    match info.and_then(|i| files.iter().find(|f| f.path == i.file)) {
+        Some(f) => (f.path.clone(), f.content.as_str()),
+        None => (String::from("<unknown>"), ""),
+    }
+}
+
+fn compile_schema(
+    file: &str,
+    text: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Schema, serde_json::Value)> {
+    let fragment = match SchemaFragment::from_cedarschema_str(text) {
+        Ok((fragment, _warnings)) => fragment,
+        Err(e) => {
+            diags.push(from_miette(file, text, &e, "schema: "));
+            return None;
+        }
+    };
+    let schema = match Schema::from_cedarschema_str(text) {
+        Ok((schema, _warnings)) => schema,
+        Err(e) => {
+            diags.push(from_miette(file, text, &e, "schema: "));
+            return None;
+        }
+    };
+    match fragment.to_json_value() {
+        Ok(json) => Some((schema, json)),
+        Err(e) => {
+            diags.push(whole_file(file, format!("schema: {e}")));
+            None
+        }
+    }
+}
+
+fn parse_policy_file(
+    file: &BundleFile,
+    all: &mut Vec<Policy>,
+    infos: &mut HashMap<PolicyId, PolicyInfo>,
+    seen_ids: &mut HashMap<String, String>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let set = match PolicySet::from_str(&file.content) {
+        Ok(set) => set,
+        Err(errs) => {
+            for e in errs.iter() {
+                diags.push(from_miette(&file.path, &file.content, e, ""));
+            }
+            return;
+        }
+    };
+    if set.templates().next().is_some() {
+        diags.push(whole_file(
+            &file.path,
+            "policy templates are not supported in bundles".into(),
+        ));
+    }
+    // PolicySet::from_str numbers policies policy0, policy1, ... in source
+    // order; keep that order for stable default ids.
+    let mut parsed: Vec<&Policy> = set.policies().collect();
+    parsed.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
+    for (index, policy) in parsed.into_iter().enumerate() {
+        let id = policy
+            .annotation("id")
+            .map_or_else(|| format!("{}#{index}", file.path), str::to_owned);
+        if let Some(prev) = seen_ids.insert(id.clone(), file.path.clone()) {
+            diags.push(whole_file(
+                &file.path,
+                format!("duplicate policy id `{id}` (also in {prev})"),
+            ));
+            continue;
+        }
+        let ask = policy.annotation("ask").is_some();
+        if ask && policy.effect() == Effect::Permit {
+            diags.push(whole_file(
+                &file.path,
+                format!("policy `{id}`: @ask is only meaningful on a forbid"),
+            ));
+        }
+        let pid = PolicyId::new(&id);
+        infos.insert(
+            pid.clone(),
+            PolicyInfo {
+                file: file.path.clone(),
+                effect: policy.effect(),
+                ask,
+                reason: policy.annotation("reason").map(str::to_owned),
+            },
+        );
+        all.push(policy.new_id(pid));
+    }
+}
+
+/// The attributes of common type `Gatehouse::<name>` that the context builder
+/// can fill. Every one must be optional.
+fn declared_fields(
+    fragment: &serde_json::Value,
+    name: &str,
+) -> Result<Vec<(String, FieldType)>, String> {
+    let Some(ty) = fragment
+        .get(NAMESPACE)
+        .and_then(|ns| ns.get("commonTypes"))
+        .and_then(|ct| ct.get(name))
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(attrs) = ty.get("attributes").and_then(|a| a.as_object()) else {
+        return Err(format!("schema: type {NAMESPACE}::{name} must be a record"));
+    };
+    let mut out = Vec::new();
+    for (attr, spec) in attrs {
+        let required = spec.get("required").and_then(|r| r.as_bool()).unwrap_or(true);
+        if required {
+            return Err(format!(
+                "schema: attribute `{attr}` of {NAMESPACE}::{name} must be optional (`{attr}?`): \
+                 the fields of an event are never guaranteed"
+            ));
+        }
+        if let Some(t) = field_type(spec) {
+            out.push((attr.clone(), t));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn primitive(spec: &serde_json::Value) -> Option<&str> {
+    let ty = spec.get("type")?.as_str()?;
+    let name = match ty {
+        "EntityOrCommon" => spec.get("name")?.as_str()?,
+        other => other,
+    };
+    Some(name.trim_start_matches("__cedar::"))
+}
+
+fn field_type(spec: &serde_json::Value) -> Option<FieldType> {
+    match primitive(spec)? {
+        "String" => Some(FieldType::String),
+        "Long" => Some(FieldType::Long),
+        "Bool" | "Boolean" => Some(FieldType::Bool),
+        "Set" => match primitive(spec.get("element")?)? {
+            "String" => Some(FieldType::SetOfString),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn flatten_entities(entities: Entities) -> HashMap<EntityUid, StoredEntity> {
+    entities
+        .iter()
+        .map(|e| {
+            let (uid, attrs, ancestors) = e.clone().into_inner();
+            (uid, StoredEntity { attrs, ancestors })
+        })
+        .collect()
+}
+
+pub(crate) fn type_names() -> TypeNames {
+    let t = |n: &str| {
+        EntityTypeName::from_str(&format!("{NAMESPACE}::{n}"))
+            .unwrap_or_else(|_| unreachable!("built-in type names are valid"))
+    };
+    TypeNames {
+        agent: t("Agent"),
+        tool: t("Tool"),
+        package: t("Package"),
+        model: t("Model"),
+        memory: t("Memory"),
+        session: t("Session"),
+        action: t("Action"),
+    }
+}
+
+pub(crate) fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// Slices the policy set by action scope. A policy lands in an action's
+/// slice when its action scope is unconstrained or names that action; a
+/// scope naming any action group Gatehouse does not know lands everywhere,
+/// so slicing never drops a policy that could apply.
+fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, PolicySet> {
+    let known: BTreeMap<EntityUid, &str> = ACTIONS
+        .iter()
+        .map(|a| (uid(&types.action, a), *a))
+        .collect();
+    let mut out: HashMap<String, PolicySet> =
+        ACTIONS.iter().map(|a| ((*a).to_owned(), PolicySet::new())).collect();
+    for p in all {
+        let targets: Vec<&str> = match p.action_constraint() {
+            ActionConstraint::Any => ACTIONS.to_vec(),
+            ActionConstraint::Eq(a) => match known.get(&a) {
+                Some(name) => vec![*name],
+                None => Vec::new(),
+            },
+            ActionConstraint::In(list) => {
+                if list.iter().all(|a| known.contains_key(a)) {
+                    list.iter().filter_map(|a| known.get(a).copied()).collect()
+                } else {
+                    ACTIONS.to_vec()
+                }
+            }
+        };
+        for t in targets {
+            if let Some(set) = out.get_mut(t) {
+                // Ids are unique in the bundle, so adding cannot fail.
+                let _ = set.add(p.clone());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,99 @@
+//! Verdicts, stable reason codes and the decision policy-core returns.
+
+use serde::{Deserialize, Serialize};
+
+/// What the runtime must do with the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    Ask,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Ask => "ask",
+        }
+    }
+}
+
+/// Stable, machine-readable reason codes. Their string forms are a public
+/// contract (see `docs/protocol.md`): never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReasonCode {
+    /// A permit determined the result.
+    PolicyPermit,
+    /// An un-annotated forbid determined the result.
+    PolicyForbid,
+    /// Only `@ask` forbids determined the result.
+    PolicyAsk,
+    /// No policy permitted the event.
+    NoPermit,
+    /// A policy failed to evaluate; the event is denied.
+    PolicyError,
+    /// The event kind is unknown to this build.
+    UnknownEvent,
+    /// The event is malformed (for example tool input that is not JSON).
+    MalformedEvent,
+    /// The event names no agent.
+    MissingPrincipal,
+    /// Client metadata used a key reserved for Gatehouse.
+    ReservedMetadataKey,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyPermit => "policy_permit",
+            Self::PolicyForbid => "policy_forbid",
+            Self::PolicyAsk => "policy_ask",
+            Self::NoPermit => "no_permit",
+            Self::PolicyError => "policy_error",
+            Self::UnknownEvent => "unknown_event",
+            Self::MalformedEvent => "malformed_event",
+            Self::MissingPrincipal => "missing_principal",
+            Self::ReservedMetadataKey => "reserved_metadata_key",
+        }
+    }
+}
+
+impl std::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of evaluating one event against one bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Human-readable reason, from the determining policy's `@reason` when
+    /// it has one.
+    pub reason: String,
+    pub reason_code: ReasonCode,
+    /// Ids of the policies that determined the result.
+    pub policies: Vec<String>,
+    /// Evaluation errors, each naming its policy. Non-empty means DENY.
+    pub errors: Vec<String>,
+    /// Content hash of the bundle the event was evaluated against.
+    pub bundle_hash: String,
+}
+
+impl Decision {
+    pub(crate) fn deny(code: ReasonCode, reason: impl Into<String>, bundle_hash: &str) -> Self {
+        Self {
+            verdict: Verdict::Deny,
+            reason: reason.into(),
+            reason_code: code,
+            policies: Vec::new(),
+            errors: Vec::new(),
+            bundle_hash: bundle_hash.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Evaluation: one event against one bundle, with Gatehouse's ask and
+//! error semantics on top of Cedar.
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid,
+    PolicyId, Request, RestrictedExpression,
+};
+
+use crate::bundle::{Bundle, FieldType, StoredEntity, uid};
+use crate::decision::{Decision, ReasonCode, Verdict};
+use crate::event::{Event, EventKind, Usage};
+
+/// Metadata keys that clients may not set: Gatehouse derives them.
+pub const RESERVED_METADATA_KEYS: [&str; 1] = ["agent_id"];
+
+/// A full account of one evaluation, for `explain`.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The Cedar action, or `None` when the event never reached Cedar.
+    pub action: Option<String>,
+    /// Every policy handed to Cedar for this event's action, in id order.
+    pub considered: Vec<String>,
+    pub decision: Decision,
+}
+
+impl Bundle {
+    /// Decides one event. Never panics and never returns an error: every
+    /// failure is a DENY with a reason code.
+    pub fn evaluate(&self, event: &Event) -> Decision {
+        self.explain(event).decision
+    }
+
+    /// Decides one event and reports what was considered.
+    pub fn explain(&self, event: &Event) -> Explanation {
+        let deny = |code, reason: String| Explanation {
+            action: event.kind.action().map(str::to_owned),
+            considered: Vec::new(),
+            decision: Decision::deny(code, reason, &self.hash),
+        };
+        let Some(action) = event.kind.action() else {
+            return deny(
+                ReasonCode::UnknownEvent,
+                "unknown event kind: this server does not know how to decide it".into(),
+            );
+        };
+        if event.agent_id.is_empty() {
+            return deny(ReasonCode::MissingPrincipal, "the event names no agent".into());
+        }
+        if let Some(key) = RESERVED_METADATA_KEYS
+            .iter()
+            .find(|k| event.metadata.contains_key(**k))
+        {
+            return deny(
+                ReasonCode::ReservedMetadataKey,
+                format!("metadata key `{key}` is reserved: Gatehouse takes it from the principal"),
+            );
+        }
+        let Some(slice) = self.by_action.get(action) else {
+            return deny(ReasonCode::UnknownEvent, format!("no such action `{action}`"));
+        };
+        let mut considered: Vec<String> = slice.policies().map(|p| p.id().to_string()).collect();
+        considered.sort();
+
+        let request = match self.request(event, action) {
+            Ok(r) => r,
+            Err(reason) => {
+                return Explanation {
+                    action: Some(action.to_owned()),
+                    considered,
+                    decision: Decision::deny(ReasonCode::MalformedEvent, reason, &self.hash),
+                };
+            }
+        };
+        let (req, entities) = request;
+        let response = Authorizer::new().is_authorized(&req, slice, &entities);
+        let decision = self.interpret(&response);
+        Explanation {
+            action: Some(action.to_owned()),
+            considered,
+            decision,
+        }
+    }
+
+    fn interpret(&self, response: &cedar_policy::Response) -> Decision {
+        let diags = response.diagnostics();
+        let mut errors: Vec<(String, String)> = diags
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
+                    (pe.policy_id().to_string(), e.to_string())
+                }
+            })
+            .collect();
+        if !errors.is_empty() {
+            errors.sort();
+            let ids: Vec<String> = errors.iter().map(|(id, _)| id.clone()).collect();
+            return Decision {
+                verdict: Verdict::Deny,
+                reason: format!(
+                    "policy {} failed to evaluate, so the event is denied",
+                    ids.join(", ")
+                ),
+                reason_code: ReasonCode::PolicyError,
+                policies: ids,
+                errors: errors.into_iter().map(|(_, msg)| msg).collect(),
+                bundle_hash: self.hash.clone(),
+            };
+        }
+        let mut reasons: Vec<&PolicyId> = diags.reason().collect();
+        reasons.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        let decided = |verdict, code, ids: Vec<&PolicyId>, fallback: &str| {
+            let reason = ids
+                .iter()
+                .find_map(|id| self.policies.get(*id).and_then(|i| i.reason.clone()))
+                .unwrap_or_else(|| {
+                    format!(
+                        "{fallback} {}",
+                        ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )
+                });
+            Decision {
+                verdict,
+                reason,
+                reason_code: code,
+                policies: ids.iter().map(ToString::to_string).collect(),
+                errors: Vec::new(),
+                bundle_hash: self.hash.clone(),
+            }
+        };
+        match response.decision() {
+            CedarDecision::Allow => {
+                decided(Verdict::Allow, ReasonCode::PolicyPermit, reasons, "permitted by")
+            }
+            CedarDecision::Deny if reasons.is_empty() => Decision::deny(
+                ReasonCode::NoPermit,
+                "no policy permits this event",
+                &self.hash,
+            ),
+            CedarDecision::Deny => {
+                let hard: Vec<&PolicyId> = reasons
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        self.policies
+                            .get(*id)
+                            .is_none_or(|i| i.effect == Effect::Forbid && !i.ask)
+                    })
+                    .collect();
+                if hard.is_empty() {
+                    decided(Verdict::Ask, ReasonCode::PolicyAsk, reasons, "approval required by")
+                } else {
+                    decided(Verdict::Deny, ReasonCode::PolicyForbid, hard, "forbidden by")
+                }
+            }
+        }
+    }
+
+    fn request(&self, event: &Event, action: &str) -> Result<(Request, Entities), String> {
+        let t = &self.types;
+        let principal = uid(&t.agent, &event.agent_id);
+        let action_uid = uid(&t.action, action);
+        let (resource, synthesized) = self.resource(event);
+        let context = self.context(event).map_err(|e| format!("context: {e}"))?;
+
+        let mut wanted: Vec<Entity> = Vec::with_capacity(4);
+        let mut included: HashSet<EntityUid> = HashSet::new();
+        self.push_entity(&principal, HashMap::new(), &mut wanted, &mut included)?;
+        self.push_entity(&resource, synthesized, &mut wanted, &mut included)?;
+        let entities =
+            Entities::from_entities(wanted, None).map_err(|e| format!("entities: {e}"))?;
+        let req = Request::new(principal, action_uid, resource, context, None)
+            .map_err(|e| format!("request: {e}"))?;
+        Ok((req, entities))
+    }
+
+    /// Adds `uid` (bundle attributes merged over `extra`) and the bundle
+    /// entities of its ancestors, each once.
+    fn push_entity(
+        &self,
+        uid: &EntityUid,
+        extra: HashMap<String, RestrictedExpression>,
+        out: &mut Vec<Entity>,
+        included: &mut HashSet<EntityUid>,
+    ) -> Result<(), String> {
+        if !included.insert(uid.clone()) {
+            return Ok(());
+        }
+        let stored = self.entities.get(uid);
+        let mut attrs = extra;
+        let mut ancestors = HashSet::new();
+        if let Some(StoredEntity {
+            attrs: a,
+            ancestors: anc,
+        }) = stored
+        {
+            for (k, v) in a {
+                attrs.insert(k.clone(), v.clone());
+            }
+            ancestors.clone_from(anc);
+        }
+        for anc in &ancestors {
+            if let Some(s) = self.entities.get(anc) {
+                if included.insert(anc.clone()) {
+                    let e = Entity::new(anc.clone(), s.attrs.clone(), s.ancestors.clone())
+                        .map_err(|e| e.to_string())?;
+                    out.push(e);
+                }
+            }
+        }
+        out.push(Entity::new(uid.clone(), attrs, ancestors).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn resource(&self, event: &Event) -> (EntityUid, HashMap<String, RestrictedExpression>) {
+        let t = &self.types;
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let mut attrs = HashMap::new();
+        let uid = match &event.kind {
+            EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
+                attrs.insert("name".into(), s(tool_name));
+                let mcp = parse_mcp_name(tool_name);
+                attrs.insert("is_mcp".into(), RestrictedExpression::new_bool(mcp.is_some()));
+                if let Some((server, tool)) = mcp {
+                    attrs.insert("server".into(), s(server));
+                    attrs.insert("mcp_tool".into(), s(tool));
+                }
+                uid(&t.tool, tool_name)
+            }
+            EventKind::ModelRequest {
+                model, provider, ..
+            }
+            | EventKind::ModelResponse {
+                model, provider, ..
+            } => {
+                attrs.insert("name".into(), s(model));
+                attrs.insert("provider".into(), s(provider));
+                uid(&t.model, model)
+            }
+            EventKind::MemorySearch { store, .. }
+            | EventKind::MemoryIngest { store, .. }
+            | EventKind::MemoryCompaction { store, .. } => {
+                attrs.insert("store".into(), s(store));
+                uid(&t.memory, store)
+            }
+            EventKind::Install {
+                name,
+                source,
+                version,
+            } => {
+                attrs.insert("name".into(), s(name));
+                attrs.insert("source".into(), s(source));
+                attrs.insert("version".into(), s(version));
+                uid(&t.package, &format!("{source}:{name}"))
+            }
+            EventKind::UserPrompt { .. }
+            | EventKind::BackgroundTaskStart { .. }
+            | EventKind::BackgroundTaskFinish { .. }
+            | EventKind::SessionStart { .. }
+            | EventKind::SessionEnd { .. }
+            | EventKind::Unknown => uid(&t.session, &event.session_id),
+        };
+        (uid, attrs)
+    }
+
+    fn context(&self, event: &Event) -> Result<Context, String> {
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
+        let mut pairs: Vec<(String, RestrictedExpression)> = vec![
+            ("session_id".into(), s(&event.session_id)),
+            ("runtime".into(), s(&event.runtime)),
+        ];
+        let metadata = serde_json::Value::Object(
+            event
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        );
+        pairs.push(("metadata".into(), record(&self.metadata_fields, &metadata)?));
+        let empty = serde_json::Value::Null;
+        let mut cwd = "";
+        let mut input = &empty;
+        let usage_expr = |u: &Usage| {
+            RestrictedExpression::new_record([
+                ("input_tokens".to_owned(), long(u.input_tokens)),
+                ("output_tokens".to_owned(), long(u.output_tokens)),
+                ("cost_micros".to_owned(), long(u.cost_micros)),
+            ])
+            .map_err(|e| e.to_string())
+        };
+        match &event.kind {
+            EventKind::PreToolUse {
+                input: i,
+                tool_use_id,
+                cwd: c,
+                ..
+            } => {
+                input = i;
+                cwd = c;
+                pairs.push(("tool_use_id".into(), s(tool_use_id)));
+            }
+            EventKind::PostToolUse {
+                input: i,
+                tool_use_id,
+                cwd: c,
+                output,
+                is_error,
+                duration_ms,
+                usage,
+                ..
+            } => {
+                input = i;
+                cwd = c;
+                pairs.push(("tool_use_id".into(), s(tool_use_id)));
+                let size = match output {
+                    serde_json::Value::String(text) => text.len(),
+                    serde_json::Value::Null => 0,
+                    other => other.to_string().len(),
+                };
+                pairs.push((
+                    "output".into(),
+                    RestrictedExpression::new_record([
+                        ("size".to_owned(), long(size as u64)),
+                        ("is_error".to_owned(), RestrictedExpression::new_bool(*is_error)),
+                        ("duration_ms".to_owned(), long(*duration_ms)),
+                    ])
+                    .map_err(|e| e.to_string())?,
+                ));
+                pairs.push(("usage".into(), usage_expr(usage)?));
+            }
+            EventKind::UserPrompt { prompt } => pairs.push(("prompt".into(), s(prompt))),
+            EventKind::ModelRequest {
+                estimated_input_tokens,
+                ..
+            } => pairs.push((
+                "usage".into(),
+                usage_expr(&Usage {
+                    input_tokens: *estimated_input_tokens,
+                    ..Usage::default()
+                })?,
+            )),
+            EventKind::ModelResponse { usage, .. } => pairs.push(("usage".into(), usage_expr(usage)?)),
+            EventKind::MemorySearch { query, .. } => pairs.push(("query".into(), s(query))),
+            EventKind::MemoryIngest { .. } | EventKind::Install { .. } | EventKind::Unknown => {}
+            EventKind::MemoryCompaction { trigger, .. } => {
+                pairs.push(("trigger".into(), s(trigger)));
+            }
+            EventKind::BackgroundTaskStart {
+                task_id,
+                description,
+                ..
+            } => {
+                pairs.push(("task_id".into(), s(task_id)));
+                pairs.push(("description".into(), s(description)));
+            }
+            EventKind::BackgroundTaskFinish { task_id, status } => {
+                pairs.push(("task_id".into(), s(task_id)));
+                pairs.push(("status".into(), s(status)));
+            }
+            EventKind::SessionStart { source } => pairs.push(("source".into(), s(source))),
+            EventKind::SessionEnd { reason } => pairs.push(("reason".into(), s(reason))),
+        }
+        pairs.push(("cwd".into(), s(cwd)));
+        pairs.push(("input".into(), record(&self.input_fields, input)?));
+        Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
+}
+
+/// Builds a record of the declared fields whose JSON value has the declared
+/// type; everything else is left out.
+fn record(
+    fields: &[(String, FieldType)],
+    value: &serde_json::Value,
+) -> Result<RestrictedExpression, String> {
+    let mut out: Vec<(String, RestrictedExpression)> = Vec::new();
+    if let Some(obj) = value.as_object() {
+        for (name, ty) in fields {
+            let Some(v) = obj.get(name) else { continue };
+            let expr = match (ty, v) {
+                (FieldType::String, serde_json::Value::String(s)) => {
+                    RestrictedExpression::new_string(s.clone())
+                }
+                (FieldType::Long, serde_json::Value::Number(n)) => match n.as_i64() {
+                    Some(i) => RestrictedExpression::new_long(i),
+                    None => continue,
+                },
+                (FieldType::Bool, serde_json::Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+                (FieldType::SetOfString, serde_json::Value::Array(items)) => {
+                    let strings: Option<Vec<_>> = items
+                        .iter()
+                        .map(|i| i.as_str().map(|s| RestrictedExpression::new_string(s.to_owned())))
+                        .collect();
+                    match strings {
+                        Some(s) => RestrictedExpression::new_set(s),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            out.push((name.clone(), expr));
+        }
+    }
+    RestrictedExpression::new_record(out).map_err(|e| e.to_string())
+}
+
+/// Splits `mcp__<server>__<tool>` into its server and tool.
+pub fn parse_mcp_name(tool_name: &str) -> Option<(&str, &str)> {
+    let rest = tool_name.strip_prefix("mcp__")?;
+    let (server, tool) = rest.split_once("__")?;
+    if server.is_empty() || tool.is_empty() {
+        return None;
+    }
+    Some((server, tool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BundleFile;
+
+    fn bundle(files: &[(&str, &str)]) -> Bundle {
+        Bundle::load(files.iter().map(|(p, c)| BundleFile {
+            path: (*p).into(),
+            content: (*c).into(),
+        }))
+        .unwrap_or_else(|e| panic!("bundle should load: {e}"))
+    }
+
+    fn bash(agent: &str, command: &str) -> Event {
+        Event {
+            event_id: "e1".into(),
+            agent_id: agent.into(),
+            session_id: "s1".into(),
+            runtime: "test".into(),
+            metadata: Default::default(),
+            kind: EventKind::PreToolUse {
+                tool_name: "Bash".into(),
+                input: serde_json::json!({ "command": command, "unknown_field": {"x": 1} }),
+                tool_use_id: "t1".into(),
+                cwd: "/repo".into(),
+            },
+        }
+    }
+
+    const BASE: &str = r#"
+@id("allow-all-tools")
+permit(principal, action == Gatehouse::Action::"call_tool", resource);
+
+@id("no-rm") @reason("rm -rf is never allowed")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource == Gatehouse::Tool::"Bash")
+when { context.input has command && context.input.command like "rm -rf *" };
+
+@id("ask-push") @ask
+forbid(principal, action == Gatehouse::Action::"call_tool", resource == Gatehouse::Tool::"Bash")
+when { context.input has command && context.input.command like "git push*" };
+
+@id("no-force-push")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource == Gatehouse::Tool::"Bash")
+when { context.input has command && context.input.command like "git push --force*" };
+"#;
+
+    #[test]
+    fn permit_forbid_ask_and_ask_overridden_by_deny() {
+        let b = bundle(&[("base.cedar", BASE)]);
+        let d = b.evaluate(&bash("alice", "ls"));
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Allow, ReasonCode::PolicyPermit));
+        assert_eq!(d.policies, vec!["allow-all-tools"]);
+
+        let d = b.evaluate(&bash("alice", "rm -rf /"));
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyForbid));
+        assert_eq!(d.policies, vec!["no-rm"]);
+        assert_eq!(d.reason, "rm -rf is never allowed");
+
+        let d = b.evaluate(&bash("alice", "git push origin"));
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Ask, ReasonCode::PolicyAsk));
+        assert_eq!(d.policies, vec!["ask-push"]);
+
+        let d = b.evaluate(&bash("alice", "git push --force origin"));
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyForbid));
+        assert_eq!(d.policies, vec!["no-force-push"]);
+    }
+
+    #[test]
+    fn default_deny_unknown_kind_and_missing_principal() {
+        let b = bundle(&[("base.cedar", BASE)]);
+        let mut e = bash("alice", "ls");
+        e.kind = EventKind::UserPrompt { prompt: "hi".into() };
+        assert_eq!(b.evaluate(&e).reason_code, ReasonCode::NoPermit);
+        e.kind = EventKind::Unknown;
+        let d = b.evaluate(&e);
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::UnknownEvent));
+        let d = b.evaluate(&bash("", "ls"));
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::MissingPrincipal));
+        let mut e = bash("alice", "ls");
+        e.metadata.insert("agent_id".into(), "root".into());
+        assert_eq!(b.evaluate(&e).reason_code, ReasonCode::ReservedMetadataKey);
+    }
+
+    #[test]
+    fn erroring_forbid_denies_and_is_named() {
+        // Integer overflow passes validation and errors at evaluation time,
+        // so the forbid errors instead of matching.
+        let policies = r#"
+@id("allow") permit(principal, action, resource);
+@id("bad-forbid")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource)
+when { context.input has timeout && context.input.timeout + 9223372036854775807 > 0 };
+"#;
+        let b = bundle(&[("p.cedar", policies)]);
+        let mut e = bash("alice", "ls");
+        e.kind = EventKind::PreToolUse {
+            tool_name: "Bash".into(),
+            input: serde_json::json!({ "command": "ls", "timeout": 5 }),
+            tool_use_id: String::new(),
+            cwd: String::new(),
+        };
+        let d = b.evaluate(&e);
+        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyError));
+        assert_eq!(d.policies, vec!["bad-forbid"]);
+        assert!(!d.errors.is_empty());
+    }
+
+    #[test]
+    fn groups_mcp_attributes_and_entities() {
+        let policies = r#"
+@id("admins-anything") permit(principal in Gatehouse::Group::"admins", action, resource);
+@id("github-mcp")
+permit(principal, action == Gatehouse::Action::"call_tool", resource)
+when { resource.is_mcp && resource has server && resource.server == "github" };
+"#;
+        let entities = r#"[
+ {"uid":{"type":"Gatehouse::Agent","id":"alice"},"attrs":{},"parents":[{"type":"Gatehouse::Group","id":"leads"}]},
+ {"uid":{"type":"Gatehouse::Group","id":"leads"},"attrs":{},"parents":[{"type":"Gatehouse::Group","id":"admins"}]},
+ {"uid":{"type":"Gatehouse::Group","id":"admins"},"attrs":{},"parents":[]}
+]"#;
+        let b = bundle(&[("p.cedar", policies), ("entities.json", entities)]);
+        assert_eq!(b.evaluate(&bash("alice", "ls")).verdict, Verdict::Allow);
+        assert_eq!(b.evaluate(&bash("bob", "ls")).verdict, Verdict::Deny);
+        let mut e = bash("bob", "");
+        e.kind = EventKind::PreToolUse {
+            tool_name: "mcp__github__create_issue".into(),
+            input: serde_json::json!({}),
+            tool_use_id: String::new(),
+            cwd: String::new(),
+        };
+        let d = b.evaluate(&e);
+        assert_eq!((d.verdict, d.policies), (Verdict::Allow, vec!["github-mcp".to_owned()]));
+    }
+
+    #[test]
+    fn slicing_by_action_gives_the_same_decision_as_the_whole_set() {
+        let b = bundle(&[("base.cedar", BASE)]);
+        for cmd in ["ls", "rm -rf /", "git push", "git push --force"] {
+            let e = bash("alice", cmd);
+            let (req, entities) = b.request(&e, "call_tool").unwrap_or_else(|e| panic!("{e}"));
+            let mut all = cedar_policy::PolicySet::new();
+            for set in b.by_action.values() {
+                for p in set.policies() {
+                    if all.policy(p.id()).is_none() {
+                        all.add(p.clone()).unwrap_or_else(|e| panic!("{e}"));
+                    }
+                }
+            }
+            let whole = b.interpret(&Authorizer::new().is_authorized(&req, &all, &entities));
+            assert_eq!(whole, b.evaluate(&e), "command {cmd}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_are_located() {
+        let bad = "@id(\"x\")\npermit(principal, action == Gatehouse::Action::\"call_tool\", resource)\nwhen { context.input.nope == 1 };\n";
+        let err = Bundle::load([BundleFile {
+            path: "bad.cedar".into(),
+            content: bad.into(),
+        }])
+        .expect_err("must fail validation");
+        let d = &err.diagnostics[0];
+        assert_eq!(d.file, "bad.cedar");
+        assert_eq!(d.line, 3, "{d}");
+        let syntax = Bundle::load([BundleFile {
+            path: "syn.cedar".into(),
+            content: "permit(principal, action, resource)\nwhen { ) };".into(),
+        }])
+        .expect_err("must fail parsing");
+        assert_eq!(syntax.diagnostics[0].line, 2, "{}", syntax.diagnostics[0]);
+    }
+}

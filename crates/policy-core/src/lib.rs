@@ -1,0 +1,23 @@
+//! policy-core is Gatehouse's pure decision logic: it loads and validates a
+//! policy bundle (Cedar policies, schema, entities), evaluates hook events
+//! against it with Gatehouse's ask and error semantics, and explains the
+//! result. The server and the client's local fallback run this same code,
+//! so the same bundle and event give the same decision everywhere.
+//!
+//! It must never do IO (no files, sockets, clocks or threads: callers hand it
+//! file contents), never panic on input, and never let an error become an
+//! allow: every failure is a DENY with a stable reason code.
+
+mod bundle;
+mod decision;
+mod engine;
+mod error;
+mod event;
+#[cfg(feature = "proto")]
+pub mod proto;
+
+pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE};
+pub use self::decision::{Decision, ReasonCode, Verdict};
+pub use self::engine::{Explanation, RESERVED_METADATA_KEYS, parse_mcp_name};
+pub use self::error::{BundleError, Diagnostic};
+pub use self::event::{ACTIONS, Event, EventKind, Usage};
