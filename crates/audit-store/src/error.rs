@@ -1,0 +1,17 @@
+//! Audit errors.
+
+/// Why an audit operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("audit database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("audit group commit failed: {0}")]
+    Commit(String),
+    #[error("audit writer has stopped")]
+    WriterStopped,
+    #[error("invalid audit location `{0}`: expected sqlite:PATH")]
+    InvalidLocation(String),
+    #[error("audit record could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}

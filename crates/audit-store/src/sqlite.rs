@@ -1,0 +1,496 @@
+//! The SQLite backend: WAL journal, one writer thread, group commit.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport, chain_hash};
+use crate::{AuditError, AuditStore, BoxFuture};
+
+/// How much a committed record survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: survives a process crash; the last
+    /// group commits may be lost on power loss. The default.
+    #[default]
+    ProcessCrashSafe,
+    /// WAL with `synchronous=FULL`: an fsync per group commit, survives
+    /// power loss.
+    PowerLossSafe,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "process" | "normal" => Ok(Self::ProcessCrashSafe),
+            "power" | "full" => Ok(Self::PowerLossSafe),
+            other => Err(format!(
+                "unknown durability `{other}`: expected `process` or `power`"
+            )),
+        }
+    }
+}
+
+/// Records waiting for the writer at most; appends wait beyond this.
+const QUEUE: usize = 8192;
+/// Records committed in one transaction at most.
+const MAX_BATCH: usize = 1024;
+
+type Job = (AuditRecord, oneshot::Sender<Result<u64, AuditError>>);
+
+/// A SQLite audit log. Cloning is cheap; all clones share one writer.
+#[derive(Debug, Clone)]
+pub struct SqliteAudit {
+    path: PathBuf,
+    tx: mpsc::Sender<Job>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    seq            INTEGER PRIMARY KEY,
+    time_ms        INTEGER NOT NULL,
+    record_kind    TEXT NOT NULL,
+    session_id     TEXT NOT NULL,
+    agent_id       TEXT NOT NULL,
+    runtime        TEXT NOT NULL,
+    event_kind     TEXT NOT NULL,
+    event_id       TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    resource       TEXT NOT NULL,
+    verdict        TEXT NOT NULL,
+    reason_code    TEXT NOT NULL,
+    policies       TEXT NOT NULL,
+    decided_by     TEXT NOT NULL,
+    bundle_hash    TEXT NOT NULL,
+    detail         TEXT NOT NULL,
+    prev_hash      TEXT NOT NULL,
+    hash           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent_id);
+CREATE INDEX IF NOT EXISTS audit_session ON audit(session_id);
+CREATE INDEX IF NOT EXISTS audit_event ON audit(event_id);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+impl SqliteAudit {
+    /// Opens (creating if needed) the log at `path` and starts its writer.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::ProcessCrashSafe => "NORMAL",
+                Durability::PowerLossSafe => "FULL",
+            },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let head: Option<(u64, String)> = conn
+            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (last_seq, last_hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer(conn, rx, last_seq, last_hash))
+            .map_err(|_| AuditError::WriterStopped)?;
+        Ok(Self { path, tx })
+    }
+
+    /// Parses `sqlite:PATH` (or a bare path).
+    pub fn location(spec: &str) -> Result<PathBuf, AuditError> {
+        let path = spec.strip_prefix("sqlite:").unwrap_or(spec);
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() || spec.contains("://") && !spec.starts_with("sqlite:") {
+            return Err(AuditError::InvalidLocation(spec.to_owned()));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AuditStore for SqliteAudit {
+    fn append(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            tx.send((record, reply))
+                .await
+                .map_err(|_| AuditError::WriterStopped)?;
+            done.await.map_err(|_| AuditError::WriterStopped)?
+        })
+    }
+}
+
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut seq: u64, mut hash: String) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, &batch, seq, &hash) {
+            Ok((new_seq, new_hash)) => {
+                for (i, (_, reply)) in batch.drain(..).enumerate() {
+                    let _ = reply.send(Ok(seq + 1 + i as u64));
+                }
+                seq = new_seq;
+                hash = new_hash;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "audit group commit failed");
+                let msg = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(AuditError::Commit(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn commit(
+    conn: &mut Connection,
+    batch: &[Job],
+    mut seq: u64,
+    prev: &str,
+) -> Result<(u64, String), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let mut prev = prev.to_owned();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (seq, time_ms, record_kind, session_id, agent_id, runtime, \
+             event_kind, event_id, correlation_id, resource, verdict, reason_code, policies, \
+             decided_by, bundle_hash, detail, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        )?;
+        for (r, _) in batch {
+            seq += 1;
+            let hash = chain_hash(seq, &prev, r);
+            let policies = serde_json::to_string(&r.policies).unwrap_or_else(|_| "[]".into());
+            insert.execute(params![
+                seq,
+                r.time_ms,
+                r.record_kind,
+                r.session_id,
+                r.agent_id,
+                r.runtime,
+                r.event_kind,
+                r.event_id,
+                r.correlation_id,
+                r.resource,
+                r.verdict,
+                r.reason_code,
+                policies,
+                r.decided_by,
+                r.bundle_hash,
+                r.detail,
+                prev,
+                hash,
+            ])?;
+            prev = hash;
+        }
+        tx.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![seq, prev],
+        )?;
+    }
+    tx.commit()?;
+    Ok((seq, prev))
+}
+
+fn open_read(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    let policies: String = r.get("policies")?;
+    Ok(StoredRecord {
+        seq: r.get("seq")?,
+        record: AuditRecord {
+            time_ms: r.get("time_ms")?,
+            record_kind: r.get("record_kind")?,
+            session_id: r.get("session_id")?,
+            agent_id: r.get("agent_id")?,
+            runtime: r.get("runtime")?,
+            event_kind: r.get("event_kind")?,
+            event_id: r.get("event_id")?,
+            correlation_id: r.get("correlation_id")?,
+            resource: r.get("resource")?,
+            verdict: r.get("verdict")?,
+            reason_code: r.get("reason_code")?,
+            // A policies column that is not a JSON list is kept verbatim so
+            // that verification reports the record as modified.
+            policies: serde_json::from_str(&policies).unwrap_or_else(|_| vec![policies]),
+            decided_by: r.get("decided_by")?,
+            bundle_hash: r.get("bundle_hash")?,
+            detail: r.get("detail")?,
+        },
+        prev_hash: r.get("prev_hash")?,
+        hash: r.get("hash")?,
+    })
+}
+
+/// Checks the whole chain of the log at `path` and names the first record
+/// that was modified, deleted or reordered.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let conn = open_read(path)?;
+    let mut stmt = conn.prepare("SELECT * FROM audit ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut expected: u64 = 1;
+    let mut prev = GENESIS_HASH.to_owned();
+    while let Some(row) = rows.next()? {
+        let rec = row_to_record(row)?;
+        if rec.seq != expected {
+            return Ok(VerifyReport::Broken {
+                seq: expected,
+                problem: format!(
+                    "record {expected} is missing (deleted); the next record present is {}",
+                    rec.seq
+                ),
+            });
+        }
+        if rec.prev_hash != prev {
+            return Ok(VerifyReport::Broken {
+                seq: rec.seq,
+                problem: format!(
+                    "record {} does not chain to record {} (reordered, replaced or inserted)",
+                    rec.seq,
+                    rec.seq - 1
+                ),
+            });
+        }
+        if chain_hash(rec.seq, &rec.prev_hash, &rec.record) != rec.hash {
+            return Ok(VerifyReport::Broken {
+                seq: rec.seq,
+                problem: format!(
+                    "record {} was modified: its content does not match its hash",
+                    rec.seq
+                ),
+            });
+        }
+        prev = rec.hash;
+        expected += 1;
+    }
+    let count = expected - 1;
+    let head: Option<(u64, String)> = conn
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some((head_seq, head_hash)) = head {
+        if head_seq > count {
+            return Ok(VerifyReport::Broken {
+                seq: count + 1,
+                problem: format!(
+                    "records {} to {head_seq} are missing (deleted from the end)",
+                    count + 1
+                ),
+            });
+        }
+        if head_seq == count && head_hash != prev {
+            return Ok(VerifyReport::Broken {
+                seq: count,
+                problem: format!("record {count} does not match the recorded chain head"),
+            });
+        }
+    }
+    Ok(VerifyReport::Intact { records: count })
+}
+
+/// Reads records matching `q`, oldest first.
+pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
+    let conn = open_read(path)?;
+    let mut sql = String::from("SELECT * FROM audit WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut filter = |col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            args.push(v.clone().into());
+        }
+    };
+    filter("agent_id", &q.agent_id);
+    filter("session_id", &q.session_id);
+    filter("verdict", &q.verdict);
+    filter("event_id", &q.event_id);
+    if let Some(since) = q.since_ms {
+        sql.push_str(" AND time_ms >= ?");
+        args.push(since.into());
+    }
+    sql.push_str(" ORDER BY seq");
+    if let Some(limit) = q.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_record)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+impl SqliteAudit {
+    /// See [`verify`].
+    pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+        verify(path)
+    }
+
+    /// See [`query`].
+    pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
+        query(path, q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize) -> AuditRecord {
+        AuditRecord {
+            time_ms: 1_700_000_000_000 + i as i64,
+            record_kind: "decision".into(),
+            agent_id: format!("agent-{}", i % 2),
+            event_id: format!("e{i}"),
+            verdict: if i % 3 == 0 { "deny" } else { "allow" }.into(),
+            policies: vec![format!("p{i}")],
+            ..Default::default()
+        }
+    }
+
+    async fn filled(n: usize) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("audit.db");
+        let store = SqliteAudit::open(&path, Durability::ProcessCrashSafe).unwrap();
+        let futs: Vec<_> = (1..=n).map(|i| store.append(rec(i))).collect();
+        let mut seqs = Vec::new();
+        for f in futs {
+            seqs.push(f.await.unwrap());
+        }
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+        (dir, path)
+    }
+
+    fn tamper(path: &Path, sql: &str) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;",
+        )
+        .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    #[tokio::test]
+    async fn intact_chain_verifies_and_reopen_continues_it() {
+        let (_d, path) = filled(20).await;
+        assert_eq!(verify(&path).unwrap(), VerifyReport::Intact { records: 20 });
+        let store = SqliteAudit::open(&path, Durability::PowerLossSafe).unwrap();
+        assert_eq!(store.append(rec(21)).await.unwrap(), 21);
+        assert_eq!(verify(&path).unwrap(), VerifyReport::Intact { records: 21 });
+        let q = Query {
+            agent_id: Some("agent-1".into()),
+            verdict: Some("deny".into()),
+            ..Default::default()
+        };
+        let got: Vec<u64> = query(&path, &q).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(got, vec![3, 9, 15, 21]);
+    }
+
+    #[tokio::test]
+    async fn updates_and_deletes_are_refused() {
+        let (_d, path) = filled(3).await;
+        let conn = Connection::open(&path).unwrap();
+        assert!(conn.execute("UPDATE audit SET verdict = 'allow'", []).is_err());
+        assert!(conn.execute("DELETE FROM audit WHERE seq = 2", []).is_err());
+    }
+
+    #[tokio::test]
+    async fn edit_is_named() {
+        let (_d, path) = filled(10).await;
+        tamper(&path, "UPDATE audit SET verdict = 'allow' WHERE seq = 6");
+        match verify(&path).unwrap() {
+            VerifyReport::Broken { seq, problem } => {
+                assert_eq!(seq, 6);
+                assert!(problem.contains("modified"), "{problem}");
+            }
+            other => panic!("expected broken, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_is_named() {
+        let (_d, path) = filled(10).await;
+        tamper(&path, "DELETE FROM audit WHERE seq = 4");
+        assert!(matches!(verify(&path).unwrap(), VerifyReport::Broken { seq: 4, .. }));
+        let (_d2, path2) = filled(10).await;
+        tamper(&path2, "DELETE FROM audit WHERE seq = 10");
+        assert!(matches!(verify(&path2).unwrap(), VerifyReport::Broken { seq: 10, .. }));
+    }
+
+    #[tokio::test]
+    async fn swap_is_named() {
+        let (_d, path) = filled(10).await;
+        // Swap the contents of records 3 and 7, hashes included.
+        tamper(
+            &path,
+            "UPDATE audit SET seq = -3 WHERE seq = 3;
+             UPDATE audit SET seq = 3 WHERE seq = 7;
+             UPDATE audit SET seq = 7 WHERE seq = -3;",
+        );
+        assert!(matches!(verify(&path).unwrap(), VerifyReport::Broken { seq: 3, .. }));
+    }
+
+    /// A throwaway directory removed on drop (no extra dependency).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        static N: AtomicUsize = AtomicUsize::new(0);
+
+        pub(super) struct Dir(PathBuf);
+
+        impl Dir {
+            pub(super) fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "audit-store-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+            pub(super) fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
