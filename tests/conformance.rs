@@ -1,1 +1,140 @@
+//! Conformance: every case in `tests/conformance/` must get the same
+//! decision in-process (policy-core), over the bidi stream and over the
+//! unary RPC of a real server on an ephemeral loopback port.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gatehouse_tests::TestServer;
+use gatehouse_tests::conformance::{CaseFile, Outcome, corpus_root, load_corpus};
+use hook_proto::v1::{self, ClientFrame, Hello, client_frame, server_frame};
+use policy_core::proto::{event_to_proto, verdict_from_proto};
+use policy_core::{Bundle, Verdict};
+
+fn outcome_of(d: &v1::Decision) -> Outcome {
+    Outcome {
+        verdict: verdict_from_proto(d.verdict).unwrap_or(Verdict::Deny),
+        reason_code: d.reason_code.clone(),
+        policies: d.policies.clone(),
+    }
+}
+
+fn in_process(file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
+    let bundle = Bundle::load(sidecar_server::read_bundle_dir(&file.bundle_dir())?)?;
+    (0..file.cases.len())
+        .map(|i| {
+            let d = bundle.evaluate(&file.event(i)?);
+            Ok(Outcome {
+                verdict: d.verdict,
+                reason_code: d.reason_code.as_str().to_owned(),
+                policies: d.policies,
+            })
+        })
+        .collect()
+}
+
+async fn unary(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
+    let mut client = server.client().await?;
+    let mut out = Vec::new();
+    for i in 0..file.cases.len() {
+        let mut wire = event_to_proto(&file.event(i)?);
+        wire.correlation_id = format!("u{i}");
+        let d = client.evaluate(wire).await?.into_inner();
+        anyhow::ensure!(d.correlation_id == format!("u{i}"), "correlation id not echoed");
+        out.push(outcome_of(&d));
+    }
+    Ok(out)
+}
+
+/// One stream per agent in the file; all of its events pipelined.
+async fn stream(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
+    let mut by_agent: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for i in 0..file.cases.len() {
+        by_agent.entry(file.event(i)?.agent_id).or_default().push(i);
+    }
+    let mut out: Vec<Option<Outcome>> = vec![None; file.cases.len()];
+    for (agent, indices) in by_agent {
+        let mut frames = vec![ClientFrame {
+            frame: Some(client_frame::Frame::Hello(Hello {
+                protocol_version: 1,
+                agent_id: agent.clone(),
+                session_id: file.session.clone(),
+                runtime: file.runtime.clone(),
+                metadata: Default::default(),
+                bundle_hash: String::new(),
+            })),
+        }];
+        for &i in &indices {
+            let mut wire = event_to_proto(&file.event(i)?);
+            wire.correlation_id = format!("c{i}");
+            // The stream's hello names the agent; events leave it empty.
+            wire.agent_id.clear();
+            frames.push(ClientFrame {
+                frame: Some(client_frame::Frame::Event(wire)),
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(frames.len() + 1);
+        for f in frames {
+            tx.send(f).await?;
+        }
+        let mut client = server.client().await?;
+        let mut inbound = client
+            .process_hook_event(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut pending = indices.len();
+        while pending > 0 {
+            let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("stream ended with {pending} decisions pending"))?;
+            match msg.frame {
+                Some(server_frame::Frame::Decision(d)) => {
+                    let i: usize = d.correlation_id.trim_start_matches('c').parse()?;
+                    anyhow::ensure!(out[i].is_none(), "two decisions for case {i}");
+                    out[i] = Some(outcome_of(&d));
+                    pending -= 1;
+                }
+                Some(server_frame::Frame::EventError(e)) => anyhow::bail!("event error: {e:?}"),
+                _ => {}
+            }
+        }
+        drop(tx);
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, o)| o.ok_or_else(|| anyhow::anyhow!("no decision for case {i}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
+    let files = load_corpus(&corpus_root())?;
+    let total: usize = files.iter().map(|f| f.cases.len()).sum();
+    assert!(total >= 30, "the corpus must hold at least 30 cases, has {total}");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let server = TestServer::start(&file.bundle_dir(), |_| {}).await?;
+        let paths = [
+            ("in-process", in_process(file)?),
+            ("stream", stream(&server, file).await?),
+            ("unary", unary(&server, file).await?),
+        ];
+        for (path, outcomes) in &paths {
+            for (case, got) in file.cases.iter().zip(outcomes) {
+                checked += 1;
+                if let Some(why) = case.expect.check(got) {
+                    failures.push(format!(
+                        "{} / {} / {path}: {why}",
+                        file.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                        case.name
+                    ));
+                }
+            }
+        }
+        server.stop().await?;
+    }
+    println!("conformance: {total} cases x 3 paths = {checked} checks, {} mismatches", failures.len());
+    assert!(failures.is_empty(), "conformance mismatches:\n{}", failures.join("\n"));
+    Ok(())
+}

@@ -1,1 +1,113 @@
-//! stub
+//! Shared helpers for Gatehouse's cross-crate tests: start a real server on
+//! an ephemeral loopback port, connect a client built only from `proto/`,
+//! and load the conformance corpus. Test-only; nothing depends on it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hook_proto::v1::hook_service_client::HookServiceClient;
+use sidecar_server::{PolicyHandle, ServerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub mod conformance;
+
+/// The workspace root (for examples and the conformance corpus).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A server running in this process on 127.0.0.1 with an ephemeral port
+/// and its own SQLite audit file. Stopped on drop.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub audit_path: PathBuf,
+    pub policy: PolicyHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), sidecar_server::ServerError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on `policies` with default settings, adjusted by `tweak`.
+    pub async fn start(
+        policies: &Path,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let audit_path = dir.path().join("audit.db");
+        let audit = audit_store::SqliteAudit::open(&audit_path, audit_store::Durability::default())?;
+        Self::start_with(policies, Arc::new(audit), audit_path, dir, tweak).await
+    }
+
+    pub async fn start_with(
+        policies: &Path,
+        audit: Arc<dyn audit_store::AuditStore>,
+        audit_path: PathBuf,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let mut config = ServerConfig::new(policies);
+        config.watch_interval = None;
+        tweak(&mut config);
+        let policy = PolicyHandle::load(policies).context("loading test bundle")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(sidecar_server::serve(
+            config,
+            policy.clone(),
+            audit,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Ok(Self {
+            addr,
+            audit_path,
+            policy,
+            shutdown: Some(tx),
+            join: Some(join),
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A raw generated client (what any gRPC user builds from `proto/`).
+    pub async fn client(&self) -> anyhow::Result<HookServiceClient<Channel>> {
+        let channel = Channel::from_shared(self.url())?.connect().await?;
+        Ok(HookServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            join.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            join.abort();
+        }
+    }
+}

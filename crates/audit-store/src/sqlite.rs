@@ -381,8 +381,8 @@ mod tests {
         }
     }
 
-    async fn filled(n: usize) -> (tempdir::Dir, PathBuf) {
-        let dir = tempdir::Dir::new();
+    async fn filled(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.db");
         let store = SqliteAudit::open(&path, Durability::ProcessCrashSafe).unwrap();
         let futs: Vec<_> = (1..=n).map(|i| store.append(rec(i))).collect();
@@ -461,36 +461,5 @@ mod tests {
              UPDATE audit SET seq = 7 WHERE seq = -3;",
         );
         assert!(matches!(verify(&path).unwrap(), VerifyReport::Broken { seq: 3, .. }));
-    }
-
-    /// A throwaway directory removed on drop (no extra dependency).
-    mod tempdir {
-        use std::path::{Path, PathBuf};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        static N: AtomicUsize = AtomicUsize::new(0);
-
-        pub(super) struct Dir(PathBuf);
-
-        impl Dir {
-            pub(super) fn new() -> Self {
-                let p = std::env::temp_dir().join(format!(
-                    "audit-store-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::SeqCst)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                Self(p)
-            }
-            pub(super) fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 }

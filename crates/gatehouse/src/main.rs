@@ -1,1 +1,151 @@
-fn main() {}
+//! The `gatehouse` command: serve the decision API, validate bundles, and
+//! inspect or verify the audit log. A thin shell over the library crates;
+//! it must never contain decision logic of its own.
+
+mod audit_cmd;
+mod config;
+mod timefmt;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "Policy sidecar for AI-agent runtimes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the decision server.
+    Serve(config::ServeArgs),
+    /// Validate a policy bundle directory; exit 0 when valid.
+    Validate {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or verify the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
+    /// Print the built-in Cedar schema (copy it to extend it in a bundle).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate { dir, json } => validate(&dir, json),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Schema => {
+            print!("{}", policy_core::BUILTIN_SCHEMA);
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let settings = args.resolve()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let policy = sidecar_server::PolicyHandle::load(&settings.server.policies)
+            .with_context(|| format!("loading policies from {}", settings.server.policies.display()))?;
+        let audit_path = audit_store::SqliteAudit::location(&settings.audit)?;
+        let audit = audit_store::SqliteAudit::open(&audit_path, settings.durability)
+            .with_context(|| format!("opening audit log {}", audit_path.display()))?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let bundle = policy.current();
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            policies = %settings.server.policies.display(),
+            bundle = bundle.hash(),
+            policy_count = bundle.policy_count(),
+            audit = %audit_path.display(),
+            "gatehouse serving"
+        );
+        drop(bundle);
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        };
+        sidecar_server::serve(settings.server, policy, Arc::new(audit), listener, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn validate(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let files = sidecar_server::read_bundle_dir(dir)?;
+    let result = policy_core::Bundle::load(files);
+    let (ok, errors, warnings, summary) = match &result {
+        Ok(b) => (
+            true,
+            Vec::new(),
+            b.warnings().to_vec(),
+            Some((b.hash().to_owned(), b.policy_count())),
+        ),
+        Err(e) => (false, e.diagnostics.clone(), Vec::new(), None),
+    };
+    let located = |d: &policy_core::Diagnostic| {
+        let mut d = d.clone();
+        if !d.file.starts_with('<') {
+            d.file = dir.join(&d.file).display().to_string();
+        }
+        d
+    };
+    if json {
+        let diag = |d: &policy_core::Diagnostic| {
+            let d = located(d);
+            serde_json::json!({"file": d.file, "line": d.line, "column": d.column, "message": d.message})
+        };
+        let out = serde_json::json!({
+            "valid": ok,
+            "bundle_hash": summary.as_ref().map(|s| s.0.clone()),
+            "policies": summary.as_ref().map(|s| s.1),
+            "errors": errors.iter().map(diag).collect::<Vec<_>>(),
+            "warnings": warnings.iter().map(diag).collect::<Vec<_>>(),
+        });
+        println!("{out:#}");
+    } else {
+        for w in &warnings {
+            eprintln!("{}", located(w));
+        }
+        for e in &errors {
+            println!("{}", located(e));
+        }
+        match summary {
+            Some((hash, count)) => println!("valid: {count} policies, bundle {hash}"),
+            None => eprintln!("invalid: {} error(s)", errors.len()),
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

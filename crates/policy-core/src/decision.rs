@@ -45,6 +45,10 @@ pub enum ReasonCode {
     MissingPrincipal,
     /// Client metadata used a key reserved for Gatehouse.
     ReservedMetadataKey,
+    /// An event on a stream named another agent than the stream's hello.
+    PrincipalMismatch,
+    /// The decision could not be recorded in the audit, so it is a DENY.
+    AuditUnavailable,
 }
 
 impl ReasonCode {
@@ -59,6 +63,8 @@ impl ReasonCode {
             Self::MalformedEvent => "malformed_event",
             Self::MissingPrincipal => "missing_principal",
             Self::ReservedMetadataKey => "reserved_metadata_key",
+            Self::PrincipalMismatch => "principal_mismatch",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -86,7 +92,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub(crate) fn deny(code: ReasonCode, reason: impl Into<String>, bundle_hash: &str) -> Self {
+    /// A DENY that no policy determined (malformed input, unknown kinds,
+    /// transport failures).
+    pub fn deny(code: ReasonCode, reason: impl Into<String>, bundle_hash: &str) -> Self {
         Self {
             verdict: Verdict::Deny,
             reason: reason.into(),

@@ -1,1 +1,189 @@
-//! stub
+//! sidecar-server is the tonic service platform teams deploy: it holds the
+//! org-wide policy bundle, decides every hook event with policy-core,
+//! appends each decision to the audit store before sending it, pushes new
+//! bundles to connected streams, and reloads policy atomically.
+//!
+//! It must never send a decision that is not in the audit (a failed append
+//! turns the decision into a DENY), never let one stream's error or slow
+//! event hold back another, and never replace a valid bundle with an
+//! invalid one.
+
+mod bundle_dir;
+mod service;
+mod status;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_store::AuditStore;
+use hook_proto::v1::hook_service_server::HookServiceServer;
+use policy_core::{Bundle, BundleError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use self::bundle_dir::{BundleDirError, read_bundle_dir};
+pub use self::status::{REASON_HEADER, reason_code_of};
+
+/// Server settings (static: read once at start).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The policy bundle directory.
+    pub policies: PathBuf,
+    /// Largest accepted message, in bytes (default 1 MiB).
+    pub max_message_bytes: usize,
+    /// Events evaluated concurrently per stream; reading pauses beyond it.
+    pub max_in_flight_per_stream: usize,
+    /// HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Poll the bundle directory for changes this often (SIGHUP always
+    /// reloads).
+    pub watch_interval: Option<Duration>,
+}
+
+impl ServerConfig {
+    pub fn new(policies: impl Into<PathBuf>) -> Self {
+        Self {
+            policies: policies.into(),
+            max_message_bytes: 1024 * 1024,
+            max_in_flight_per_stream: 1024,
+            max_streams_per_connection: 1024,
+            watch_interval: Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    BundleDir(#[from] BundleDirError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The current bundle, shared by every stream; reloads swap it whole.
+#[derive(Debug, Clone)]
+pub struct PolicyHandle {
+    dir: PathBuf,
+    tx: Arc<watch::Sender<Arc<Bundle>>>,
+}
+
+impl PolicyHandle {
+    /// Loads the bundle at `dir`; fails if it is invalid.
+    pub fn load(dir: impl Into<PathBuf>) -> Result<Self, ServerError> {
+        let dir = dir.into();
+        let bundle = Bundle::load(read_bundle_dir(&dir)?)?;
+        let (tx, _) = watch::channel(Arc::new(bundle));
+        Ok(Self {
+            dir,
+            tx: Arc::new(tx),
+        })
+    }
+
+    /// The bundle in force now.
+    pub fn current(&self) -> Arc<Bundle> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.tx.subscribe()
+    }
+
+    /// Validates the directory and, if valid and changed, swaps it in.
+    /// Returns whether the bundle changed. An invalid bundle is rejected
+    /// and the old one stays.
+    pub fn reload(&self) -> Result<bool, ServerError> {
+        let files = read_bundle_dir(&self.dir)?;
+        let bundle = Bundle::load(files)?;
+        if bundle.hash() == self.current().hash() {
+            return Ok(false);
+        }
+        tracing::info!(hash = bundle.hash(), policies = bundle.policy_count(), "policy bundle reloaded");
+        self.tx.send_replace(Arc::new(bundle));
+        Ok(true)
+    }
+}
+
+/// Serves the Gatehouse gRPC API (plus health and reflection) on `listener`
+/// until `shutdown` resolves.
+pub async fn serve(
+    config: ServerConfig,
+    policy: PolicyHandle,
+    audit: Arc<dyn AuditStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let service = service::HookSvc::new(policy.clone(), audit, config.max_in_flight_per_stream);
+    let hook = HookServiceServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<HookServiceServer<service::HookSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let reloader = tokio::spawn(reload_loop(policy, config.watch_interval));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(hook)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reloader.abort();
+    result.map_err(ServerError::from)
+}
+
+/// Reloads on SIGHUP and, when configured, when the directory changes.
+async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
+    let reload = |why: &str| match policy.reload() {
+        Ok(_) => {}
+        Err(e) => tracing::error!(trigger = why, error = %e, "policy reload rejected; keeping the current bundle"),
+    };
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = interval.map(tokio::time::interval);
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<()>();
+        let tick_fut = async {
+            match tick.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = hup_fut => reload("sighup"),
+            () = tick_fut => reload("watch"),
+        }
+    }
+}

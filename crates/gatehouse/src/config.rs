@@ -1,0 +1,117 @@
+//! `gatehouse serve` settings: flags over `--config gatehouse.toml` over
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use audit_store::Durability;
+use serde::Deserialize;
+use sidecar_server::ServerConfig;
+
+/// The default listen address: loopback, on a port no common tool claims.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7468";
+pub(crate) const DEFAULT_AUDIT: &str = "sqlite:gatehouse-audit.db";
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7468].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Policy bundle directory.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Audit log location [default: sqlite:gatehouse-audit.db].
+    #[arg(long)]
+    audit: Option<String>,
+    /// Audit durability: `process` (WAL, synchronous=NORMAL; survives a
+    /// process crash) or `power` (fsync per group commit).
+    #[arg(long)]
+    durability: Option<String>,
+    /// Largest accepted message in bytes [default: 1048576].
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// Events evaluated concurrently per stream [default: 1024].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Poll the bundle directory for changes every N ms; 0 disables
+    /// (SIGHUP always reloads) [default: 2000].
+    #[arg(long)]
+    watch_ms: Option<u64>,
+    /// A TOML file with the same settings (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    policies: Option<PathBuf>,
+    audit: Option<String>,
+    durability: Option<String>,
+    max_message_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
+    watch_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) audit: String,
+    pub(crate) durability: Durability,
+    pub(crate) server: ServerConfig,
+}
+
+impl ServeArgs {
+    pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let mut cfg: FileConfig =
+                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                // Relative paths in the file are relative to the file.
+                if let (Some(p), Some(base)) = (&cfg.policies, path.parent()) {
+                    if p.is_relative() {
+                        cfg.policies = Some(base.join(p));
+                    }
+                }
+                cfg
+            }
+            None => FileConfig::default(),
+        };
+        let policies = self
+            .policies
+            .or(file.policies)
+            .context("no policy bundle: pass --policies DIR or set `policies` in --config")?;
+        let listen = match self.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse()?,
+        };
+        let durability = match self.durability.or(file.durability) {
+            Some(d) => d.parse().map_err(anyhow::Error::msg)?,
+            None => Durability::default(),
+        };
+        let mut server = ServerConfig::new(policies);
+        if let Some(n) = self.max_message_bytes.or(file.max_message_bytes) {
+            server.max_message_bytes = n;
+        }
+        if let Some(n) = self.max_in_flight.or(file.max_in_flight) {
+            server.max_in_flight_per_stream = n;
+        }
+        if let Some(ms) = self.watch_ms.or(file.watch_ms) {
+            server.watch_interval = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        Ok(Settings {
+            listen,
+            audit: self
+                .audit
+                .or(file.audit)
+                .unwrap_or_else(|| DEFAULT_AUDIT.to_owned()),
+            durability,
+            server,
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! Reading a bundle directory from disk (the IO policy-core must not do).
+
+use std::path::{Path, PathBuf};
+
+use policy_core::BundleFile;
+
+/// A bundle directory that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read policy bundle {path}: {source}")]
+pub struct BundleDirError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Largest file accepted in a bundle.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads every regular file under `dir` (recursively, skipping dot files)
+/// as UTF-8, with paths relative to `dir` and `/`-separated.
+pub fn read_bundle_dir(dir: &Path) -> Result<Vec<BundleFile>, BundleDirError> {
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<BundleFile>) -> Result<(), BundleDirError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleDirError { path, source }
+    };
+    for entry in std::fs::read_dir(dir).map_err(err(dir))? {
+        let entry = entry.map_err(err(dir))?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).map_err(err(&path))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            if meta.len() > MAX_FILE {
+                return Err(BundleDirError {
+                    path,
+                    source: std::io::Error::other("file larger than 16 MiB"),
+                });
+            }
+            let content = std::fs::read_to_string(&path).map_err(err(&path))?;
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(BundleFile { path: rel, content });
+        }
+    }
+    Ok(())
+}

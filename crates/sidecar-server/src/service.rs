@@ -1,0 +1,358 @@
+//! The `gatehouse.v1.HookService` implementation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use audit_store::{AuditRecord, AuditStore};
+use futures::Stream;
+use hook_proto::v1::{
+    self, ClientFrame, DecidedBy, EventError, HookEvent, ServerFrame, Welcome, client_frame,
+    server_frame,
+};
+use policy_core::proto::{bundle_to_proto, decision_to_proto, event_from_proto};
+use policy_core::{Bundle, Decision, Event, EventKind, ReasonCode};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::PolicyHandle;
+use crate::status::{inbound_error, status};
+
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub(crate) struct HookSvc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policy: PolicyHandle,
+    audit: Arc<dyn AuditStore>,
+    max_in_flight: usize,
+}
+
+/// Who is on the other end of a stream, from its hello.
+#[derive(Debug, Clone)]
+struct Peer {
+    agent_id: String,
+    session_id: String,
+    runtime: String,
+    metadata: BTreeMap<String, String>,
+}
+
+impl HookSvc {
+    pub(crate) fn new(policy: PolicyHandle, audit: Arc<dyn AuditStore>, max_in_flight: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                policy,
+                audit,
+                max_in_flight: max_in_flight.max(1),
+            }),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Inner {
+    /// Decides one wire event against `bundle` and records it; the returned
+    /// decision is in the audit, or is a DENY saying why it is not.
+    async fn decide(&self, bundle: &Bundle, wire: &HookEvent, peer: Option<&Peer>) -> v1::Decision {
+        let (event, decision) = match event_from_proto(wire) {
+            Ok(mut event) => {
+                let mismatch = match peer {
+                    Some(p) => {
+                        let mismatch = !event.agent_id.is_empty() && event.agent_id != p.agent_id;
+                        fill_from_peer(&mut event, p);
+                        mismatch
+                    }
+                    None => false,
+                };
+                let decision = if mismatch {
+                    Decision::deny(
+                        ReasonCode::PrincipalMismatch,
+                        "the event names another agent than the stream's hello",
+                        bundle.hash(),
+                    )
+                } else {
+                    bundle.evaluate(&event)
+                };
+                (event, decision)
+            }
+            Err(e) => {
+                let mut event = Event {
+                    event_id: wire.event_id.clone(),
+                    agent_id: wire.agent_id.clone(),
+                    session_id: wire.session_id.clone(),
+                    runtime: wire.runtime.clone(),
+                    metadata: BTreeMap::new(),
+                    kind: EventKind::Unknown,
+                };
+                if let Some(p) = peer {
+                    fill_from_peer(&mut event, p);
+                }
+                let d = Decision::deny(e.reason_code(), e.to_string(), bundle.hash());
+                (event, d)
+            }
+        };
+        let kind_name = wire_kind_name(wire);
+        let record = AuditRecord {
+            time_ms: now_ms(),
+            record_kind: "decision".into(),
+            session_id: event.session_id.clone(),
+            agent_id: event.agent_id.clone(),
+            runtime: event.runtime.clone(),
+            event_kind: kind_name.into(),
+            event_id: wire.event_id.clone(),
+            correlation_id: wire.correlation_id.clone(),
+            resource: event.kind.resource_label(&event.session_id),
+            verdict: decision.verdict.as_str().into(),
+            reason_code: decision.reason_code.as_str().into(),
+            policies: decision.policies.clone(),
+            decided_by: "server".into(),
+            bundle_hash: decision.bundle_hash.clone(),
+            detail: serde_json_detail(&decision),
+        };
+        match self.audit.append(record).await {
+            Ok(seq) => decision_to_proto(
+                &decision,
+                &wire.correlation_id,
+                &wire.event_id,
+                DecidedBy::Server,
+                seq,
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, event_id = %wire.event_id, "audit append failed; denying");
+                let d = Decision::deny(
+                    ReasonCode::AuditUnavailable,
+                    format!("the decision could not be recorded: {e}"),
+                    bundle.hash(),
+                );
+                decision_to_proto(&d, &wire.correlation_id, &wire.event_id, DecidedBy::Server, 0)
+            }
+        }
+    }
+}
+
+fn fill_from_peer(event: &mut Event, p: &Peer) {
+    event.agent_id.clone_from(&p.agent_id);
+    if event.session_id.is_empty() {
+        event.session_id.clone_from(&p.session_id);
+    }
+    if event.runtime.is_empty() {
+        event.runtime.clone_from(&p.runtime);
+    }
+    for (k, v) in &p.metadata {
+        event.metadata.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
+fn wire_kind_name(e: &HookEvent) -> &'static str {
+    match event_from_proto(&HookEvent {
+        kind: e.kind.clone().map(strip_payload),
+        ..HookEvent::default()
+    }) {
+        Ok(ev) => ev.kind.name(),
+        Err(_) => "unknown",
+    }
+}
+
+/// Drops the JSON payloads so naming a kind never fails on bad JSON.
+fn strip_payload(k: v1::hook_event::Kind) -> v1::hook_event::Kind {
+    use v1::hook_event::Kind;
+    match k {
+        Kind::PreToolUse(_) => Kind::PreToolUse(v1::PreToolUse::default()),
+        Kind::PostToolUse(_) => Kind::PostToolUse(v1::PostToolUse::default()),
+        other => other,
+    }
+}
+
+fn serde_json_detail(d: &Decision) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("reason".into(), d.reason.clone().into());
+    if !d.errors.is_empty() {
+        m.insert("errors".into(), d.errors.clone().into());
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::hook_service_server::HookService for HookSvc {
+    type ProcessHookEventStream = FrameStream;
+
+    async fn process_hook_event(
+        &self,
+        request: Request<Streaming<ClientFrame>>,
+    ) -> Result<Response<Self::ProcessHookEventStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.inner.max_in_flight + 8);
+        tokio::spawn(run_stream(self.inner.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn evaluate(&self, request: Request<HookEvent>) -> Result<Response<v1::Decision>, Status> {
+        let event = request.into_inner();
+        let bundle = self.inner.policy.current();
+        Ok(Response::new(self.inner.decide(&bundle, &event, None).await))
+    }
+}
+
+type Tx = mpsc::Sender<Result<ServerFrame, Status>>;
+
+fn frame(f: server_frame::Frame) -> Result<ServerFrame, Status> {
+    Ok(ServerFrame { frame: Some(f) })
+}
+
+async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
+    // 1. The hello.
+    let hello = match inbound.message().await {
+        Ok(Some(ClientFrame {
+            frame: Some(client_frame::Frame::Hello(h)),
+        })) => h,
+        Ok(Some(_)) => {
+            let _ = tx
+                .send(Err(status(
+                    Code::FailedPrecondition,
+                    "hello_required",
+                    "the first frame of a stream must be a hello",
+                )))
+                .await;
+            return;
+        }
+        Ok(None) => return,
+        Err(e) => {
+            let _ = tx.send(Err(inbound_error(&e))).await;
+            return;
+        }
+    };
+    if hello.protocol_version > PROTOCOL_VERSION {
+        let _ = tx
+            .send(Err(status(
+                Code::FailedPrecondition,
+                "unsupported_protocol_version",
+                format!(
+                    "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                ),
+            )))
+            .await;
+        return;
+    }
+    if hello.agent_id.is_empty() {
+        let _ = tx
+            .send(Err(status(Code::InvalidArgument, "missing_principal", "the hello names no agent")))
+            .await;
+        return;
+    }
+    if let Some(key) = policy_core::RESERVED_METADATA_KEYS
+        .iter()
+        .find(|k| hello.metadata.contains_key(**k))
+    {
+        let _ = tx
+            .send(Err(status(
+                Code::InvalidArgument,
+                "reserved_metadata_key",
+                format!("metadata key `{key}` is reserved"),
+            )))
+            .await;
+        return;
+    }
+    let peer = Arc::new(Peer {
+        agent_id: hello.agent_id,
+        session_id: hello.session_id,
+        runtime: hello.runtime,
+        metadata: hello.metadata.into_iter().collect(),
+    });
+    tracing::debug!(agent = %peer.agent_id, session = %peer.session_id, "stream opened");
+
+    // 2. The welcome, with the bundle when the client's is stale.
+    let mut bundles = inner.policy.subscribe();
+    let current = bundles.borrow_and_update().clone();
+    let welcome = Welcome {
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: PROTOCOL_VERSION,
+        bundle_hash: current.hash().into(),
+        bundle: (hello.bundle_hash != current.hash()).then(|| bundle_to_proto(&current)),
+    };
+    if tx.send(frame(server_frame::Frame::Welcome(welcome))).await.is_err() {
+        return;
+    }
+    drop(current);
+
+    // 3. Events, evaluated concurrently, and bundle pushes.
+    let limit = Arc::new(Semaphore::new(inner.max_in_flight));
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let ending: Option<Status> = loop {
+        tokio::select! {
+            changed = bundles.changed() => {
+                if changed.is_err() { continue; }
+                let b = bundles.borrow_and_update().clone();
+                if tx.send(frame(server_frame::Frame::Bundle(bundle_to_proto(&b)))).await.is_err() {
+                    break None;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Event(event)) })) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
+                    if event.correlation_id.is_empty()
+                        || !lock(&in_flight).insert(event.correlation_id.clone())
+                    {
+                        let code = if event.correlation_id.is_empty() {
+                            "missing_correlation_id"
+                        } else {
+                            "duplicate_correlation_id"
+                        };
+                        let err = EventError {
+                            correlation_id: event.correlation_id.clone(),
+                            event_id: event.event_id.clone(),
+                            reason_code: code.into(),
+                            message: "each event needs a correlation id unique among those in flight".into(),
+                        };
+                        drop(permit);
+                        if tx.send(frame(server_frame::Frame::EventError(err))).await.is_err() {
+                            break None;
+                        }
+                        continue;
+                    }
+                    // Pin the decision to the bundle in force when it arrived.
+                    let bundle = inner.policy.current();
+                    let (inner, tx, peer, in_flight) = (inner.clone(), tx.clone(), peer.clone(), in_flight.clone());
+                    tokio::spawn(async move {
+                        let decision = inner.decide(&bundle, &event, Some(&peer)).await;
+                        lock(&in_flight).remove(&event.correlation_id);
+                        let _ = tx.send(frame(server_frame::Frame::Decision(decision))).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Hello(_)) })) => {
+                    break Some(status(Code::FailedPrecondition, "duplicate_hello", "a stream takes one hello"));
+                }
+                Ok(Some(ClientFrame { frame: None })) => {
+                    break Some(status(Code::InvalidArgument, "malformed_frame", "a frame with no content"));
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(inbound_error(&e)),
+            }
+        }
+    };
+    // Nothing accepted is lost: wait for every event in flight to be
+    // decided and sent before ending the stream.
+    let _all = limit.acquire_many(inner.max_in_flight as u32).await;
+    if let Some(s) = ending {
+        tracing::warn!(status = %s.message(), "stream ended with an error");
+        let _ = tx.send(Err(s)).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
