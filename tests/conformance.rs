@@ -2,6 +2,8 @@
 //! decision in-process (policy-core), over the bidi stream and over the
 //! unary RPC of a real server on an ephemeral loopback port.
 
+#![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,7 +42,10 @@ async fn unary(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outco
         let mut wire = event_to_proto(&file.event(i)?);
         wire.correlation_id = format!("u{i}");
         let d = client.evaluate(wire).await?.into_inner();
-        anyhow::ensure!(d.correlation_id == format!("u{i}"), "correlation id not echoed");
+        anyhow::ensure!(
+            d.correlation_id == format!("u{i}"),
+            "correlation id not echoed"
+        );
         out.push(outcome_of(&d));
     }
     Ok(out)
@@ -110,7 +115,10 @@ async fn stream(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outc
 async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
     let files = load_corpus(&corpus_root())?;
     let total: usize = files.iter().map(|f| f.cases.len()).sum();
-    assert!(total >= 30, "the corpus must hold at least 30 cases, has {total}");
+    assert!(
+        total >= 30,
+        "the corpus must hold at least 30 cases, has {total}"
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for file in &files {
@@ -126,7 +134,10 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
                 if let Some(why) = case.expect.check(got) {
                     failures.push(format!(
                         "{} / {} / {path}: {why}",
-                        file.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                        file.path
+                            .file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default(),
                         case.name
                     ));
                 }
@@ -134,7 +145,14 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
         }
         server.stop().await?;
     }
-    println!("conformance: {total} cases x 3 paths = {checked} checks, {} mismatches", failures.len());
-    assert!(failures.is_empty(), "conformance mismatches:\n{}", failures.join("\n"));
+    println!(
+        "conformance: {total} cases x 3 paths = {checked} checks, {} mismatches",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance mismatches:\n{}",
+        failures.join("\n")
+    );
     Ok(())
 }

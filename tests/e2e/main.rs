@@ -1,1 +1,8 @@
-fn main() {}
+//! End-to-end tests against a real in-process server on an ephemeral
+//! loopback port, with a client built only from `proto/`.
+
+#![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
+
+mod helpers;
+mod reload;
+mod stream;

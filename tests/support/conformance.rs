@@ -104,7 +104,10 @@ impl CaseFile {
         let mut event: Event = serde_json::from_value(json)
             .with_context(|| format!("{}: case `{}`: bad event", self.path.display(), case.name))?;
         if event.event_id.is_empty() {
-            let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let stem = self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned());
             event.event_id = format!("{}-{i}", stem.unwrap_or_default());
         }
         event.agent_id = case.agent.clone().unwrap_or_else(|| self.agent.clone());

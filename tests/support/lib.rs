@@ -42,7 +42,8 @@ impl TestServer {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let audit_path = dir.path().join("audit.db");
-        let audit = audit_store::SqliteAudit::open(&audit_path, audit_store::Durability::default())?;
+        let audit =
+            audit_store::SqliteAudit::open(&audit_path, audit_store::Durability::default())?;
         Self::start_with(policies, Arc::new(audit), audit_path, dir, tweak).await
     }
 

@@ -1,1 +1,92 @@
-fn main() {}
+//! xtask: the project's automation, run as `cargo xtask <task>`.
+//! `ci` runs every check CI runs; `conformance` runs the cross-path
+//! conformance corpus. It must stay dependency-free so it builds in seconds,
+//! and must never hold product logic.
+
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  ci            fmt check, clippy -D warnings, every test, conformance
+  test          every test (cargo nextest when installed, else cargo test)
+  conformance   the conformance corpus on every path";
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "ci" => ci(),
+        "test" => test(),
+        "conformance" => conformance(),
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn has_nextest() -> bool {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test() -> Result<(), String> {
+    if has_nextest() {
+        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
+        // nextest does not run doctests.
+        cargo(&["test", "--workspace", "--doc"])
+    } else {
+        cargo(&["test", "--workspace", "--no-fail-fast"])
+    }
+}
+
+fn conformance() -> Result<(), String> {
+    cargo(&[
+        "test",
+        "-p",
+        "gatehouse-tests",
+        "--test",
+        "conformance",
+        "--",
+        "--nocapture",
+    ])
+}
+
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    test()?;
+    conformance()
+}

@@ -100,9 +100,11 @@ impl SqliteAudit {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let head: Option<(u64, String)> = conn
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let (last_seq, last_hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -375,7 +377,7 @@ mod tests {
             record_kind: "decision".into(),
             agent_id: format!("agent-{}", i % 2),
             event_id: format!("e{i}"),
-            verdict: if i % 3 == 0 { "deny" } else { "allow" }.into(),
+            verdict: if i.is_multiple_of(3) { "deny" } else { "allow" }.into(),
             policies: vec![format!("p{i}")],
             ..Default::default()
         }
@@ -396,10 +398,8 @@ mod tests {
 
     fn tamper(path: &Path, sql: &str) {
         let conn = Connection::open(path).unwrap();
-        conn.execute_batch(
-            "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;",
-        )
-        .unwrap();
+        conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+            .unwrap();
         conn.execute_batch(sql).unwrap();
     }
 
@@ -423,7 +423,10 @@ mod tests {
     async fn updates_and_deletes_are_refused() {
         let (_d, path) = filled(3).await;
         let conn = Connection::open(&path).unwrap();
-        assert!(conn.execute("UPDATE audit SET verdict = 'allow'", []).is_err());
+        assert!(
+            conn.execute("UPDATE audit SET verdict = 'allow'", [])
+                .is_err()
+        );
         assert!(conn.execute("DELETE FROM audit WHERE seq = 2", []).is_err());
     }
 
@@ -444,10 +447,16 @@ mod tests {
     async fn delete_is_named() {
         let (_d, path) = filled(10).await;
         tamper(&path, "DELETE FROM audit WHERE seq = 4");
-        assert!(matches!(verify(&path).unwrap(), VerifyReport::Broken { seq: 4, .. }));
+        assert!(matches!(
+            verify(&path).unwrap(),
+            VerifyReport::Broken { seq: 4, .. }
+        ));
         let (_d2, path2) = filled(10).await;
         tamper(&path2, "DELETE FROM audit WHERE seq = 10");
-        assert!(matches!(verify(&path2).unwrap(), VerifyReport::Broken { seq: 10, .. }));
+        assert!(matches!(
+            verify(&path2).unwrap(),
+            VerifyReport::Broken { seq: 10, .. }
+        ));
     }
 
     #[tokio::test]
@@ -460,6 +469,9 @@ mod tests {
              UPDATE audit SET seq = 3 WHERE seq = 7;
              UPDATE audit SET seq = 7 WHERE seq = -3;",
         );
-        assert!(matches!(verify(&path).unwrap(), VerifyReport::Broken { seq: 3, .. }));
+        assert!(matches!(
+            verify(&path).unwrap(),
+            VerifyReport::Broken { seq: 3, .. }
+        ));
     }
 }

@@ -73,10 +73,10 @@ impl ServeArgs {
                 let mut cfg: FileConfig =
                     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
                 // Relative paths in the file are relative to the file.
-                if let (Some(p), Some(base)) = (&cfg.policies, path.parent()) {
-                    if p.is_relative() {
-                        cfg.policies = Some(base.join(p));
-                    }
+                if let (Some(p), Some(base)) = (&cfg.policies, path.parent())
+                    && p.is_relative()
+                {
+                    cfg.policies = Some(base.join(p));
                 }
                 cfg
             }

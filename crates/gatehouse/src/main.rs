@@ -14,7 +14,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about = "Policy sidecar for AI-agent runtimes")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Policy sidecar for AI-agent runtimes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,8 +80,13 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let policy = sidecar_server::PolicyHandle::load(&settings.server.policies)
-            .with_context(|| format!("loading policies from {}", settings.server.policies.display()))?;
+        let policy =
+            sidecar_server::PolicyHandle::load(&settings.server.policies).with_context(|| {
+                format!(
+                    "loading policies from {}",
+                    settings.server.policies.display()
+                )
+            })?;
         let audit_path = audit_store::SqliteAudit::location(&settings.audit)?;
         let audit = audit_store::SqliteAudit::open(&audit_path, settings.durability)
             .with_context(|| format!("opening audit log {}", audit_path.display()))?;
@@ -147,5 +156,9 @@ fn validate(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             None => eprintln!("invalid: {} error(s)", errors.len()),
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

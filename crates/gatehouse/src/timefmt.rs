@@ -55,19 +55,23 @@ pub(crate) fn parse_since(s: &str, now: i64) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    if let Some(unit) = s.chars().last().filter(char::is_ascii_alphabetic) {
-        if let Ok(n) = s[..s.len() - 1].parse::<i64>() {
-            let mult = match unit {
-                's' => 1_000,
-                'm' => 60_000,
-                'h' => 3_600_000,
-                'd' => 86_400_000,
-                _ => return Err(format!("unknown unit in `{s}`: use s, m, h or d")),
-            };
-            return Ok(now - n * mult);
-        }
+    if let Some(unit) = s.chars().last().filter(char::is_ascii_alphabetic)
+        && let Ok(n) = s[..s.len() - 1].parse::<i64>()
+    {
+        let mult = match unit {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(format!("unknown unit in `{s}`: use s, m, h or d")),
+        };
+        return Ok(now - n * mult);
     }
-    let bad = || format!("cannot read time `{s}`: use RFC 3339 (2026-11-26T10:00:00Z), a date, epoch ms, or an age like 15m");
+    let bad = || {
+        format!(
+            "cannot read time `{s}`: use RFC 3339 (2026-11-26T10:00:00Z), a date, epoch ms, or an age like 15m"
+        )
+    };
     let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
     let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
     let parts: Vec<&str> = date.split('-').collect();

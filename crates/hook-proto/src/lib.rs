@@ -9,6 +9,7 @@ pub mod v1 {
         unreachable_pub,
         missing_debug_implementations,
         clippy::all,
+        clippy::allow_attributes_without_reason,
         reason = "generated code"
     )]
     tonic::include_proto!("gatehouse.v1");

@@ -129,7 +129,9 @@ impl Bundle {
         for p in &all {
             if let Err(e) = set.add(p.clone()) {
                 diags.push(Diagnostic {
-                    file: policies.get(p.id()).map_or(String::new(), |i: &PolicyInfo| i.file.clone()),
+                    file: policies
+                        .get(p.id())
+                        .map_or(String::new(), |i: &PolicyInfo| i.file.clone()),
                     line: 0,
                     column: 0,
                     message: e.to_string(),
@@ -146,7 +148,12 @@ impl Bundle {
             for err in result.validation_errors() {
                 let info = policies.get(err.policy_id());
                 let (file, text) = locate(&files, info);
-                diags.push(from_miette(&file, text, err, &format!("policy `{}`: ", err.policy_id())));
+                diags.push(from_miette(
+                    &file,
+                    text,
+                    err,
+                    &format!("policy `{}`: ", err.policy_id()),
+                ));
             }
             for warn in result.validation_warnings() {
                 let info = policies.get(warn.policy_id());
@@ -348,7 +355,10 @@ fn declared_fields(
     };
     let mut out = Vec::new();
     for (attr, spec) in attrs {
-        let required = spec.get("required").and_then(|r| r.as_bool()).unwrap_or(true);
+        let required = spec
+            .get("required")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(true);
         if required {
             return Err(format!(
                 "schema: attribute `{attr}` of {NAMESPACE}::{name} must be optional (`{attr}?`): \
@@ -424,8 +434,10 @@ fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, PolicyS
         .iter()
         .map(|a| (uid(&types.action, a), *a))
         .collect();
-    let mut out: HashMap<String, PolicySet> =
-        ACTIONS.iter().map(|a| ((*a).to_owned(), PolicySet::new())).collect();
+    let mut out: HashMap<String, PolicySet> = ACTIONS
+        .iter()
+        .map(|a| ((*a).to_owned(), PolicySet::new()))
+        .collect();
     for p in all {
         let targets: Vec<&str> = match p.action_constraint() {
             ActionConstraint::Any => ACTIONS.to_vec(),

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid,
-    PolicyId, Request, RestrictedExpression,
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid, PolicyId,
+    Request, RestrictedExpression,
 };
 
 use crate::bundle::{Bundle, FieldType, StoredEntity, uid};
@@ -46,7 +46,10 @@ impl Bundle {
             );
         };
         if event.agent_id.is_empty() {
-            return deny(ReasonCode::MissingPrincipal, "the event names no agent".into());
+            return deny(
+                ReasonCode::MissingPrincipal,
+                "the event names no agent".into(),
+            );
         }
         if let Some(key) = RESERVED_METADATA_KEYS
             .iter()
@@ -58,7 +61,10 @@ impl Bundle {
             );
         }
         let Some(slice) = self.by_action.get(action) else {
-            return deny(ReasonCode::UnknownEvent, format!("no such action `{action}`"));
+            return deny(
+                ReasonCode::UnknownEvent,
+                format!("no such action `{action}`"),
+            );
         };
         let mut considered: Vec<String> = slice.policies().map(|p| p.id().to_string()).collect();
         considered.sort();
@@ -109,7 +115,7 @@ impl Bundle {
             };
         }
         let mut reasons: Vec<&PolicyId> = diags.reason().collect();
-        reasons.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        reasons.sort_by_key(|id| id.to_string());
         let decided = |verdict, code, ids: Vec<&PolicyId>, fallback: &str| {
             let reason = ids
                 .iter()
@@ -117,7 +123,10 @@ impl Bundle {
                 .unwrap_or_else(|| {
                     format!(
                         "{fallback} {}",
-                        ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        ids.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 });
             Decision {
@@ -130,9 +139,12 @@ impl Bundle {
             }
         };
         match response.decision() {
-            CedarDecision::Allow => {
-                decided(Verdict::Allow, ReasonCode::PolicyPermit, reasons, "permitted by")
-            }
+            CedarDecision::Allow => decided(
+                Verdict::Allow,
+                ReasonCode::PolicyPermit,
+                reasons,
+                "permitted by",
+            ),
             CedarDecision::Deny if reasons.is_empty() => Decision::deny(
                 ReasonCode::NoPermit,
                 "no policy permits this event",
@@ -149,9 +161,19 @@ impl Bundle {
                     })
                     .collect();
                 if hard.is_empty() {
-                    decided(Verdict::Ask, ReasonCode::PolicyAsk, reasons, "approval required by")
+                    decided(
+                        Verdict::Ask,
+                        ReasonCode::PolicyAsk,
+                        reasons,
+                        "approval required by",
+                    )
                 } else {
-                    decided(Verdict::Deny, ReasonCode::PolicyForbid, hard, "forbidden by")
+                    decided(
+                        Verdict::Deny,
+                        ReasonCode::PolicyForbid,
+                        hard,
+                        "forbidden by",
+                    )
                 }
             }
         }
@@ -201,12 +223,12 @@ impl Bundle {
             ancestors.clone_from(anc);
         }
         for anc in &ancestors {
-            if let Some(s) = self.entities.get(anc) {
-                if included.insert(anc.clone()) {
-                    let e = Entity::new(anc.clone(), s.attrs.clone(), s.ancestors.clone())
-                        .map_err(|e| e.to_string())?;
-                    out.push(e);
-                }
+            if let Some(s) = self.entities.get(anc)
+                && included.insert(anc.clone())
+            {
+                let e = Entity::new(anc.clone(), s.attrs.clone(), s.ancestors.clone())
+                    .map_err(|e| e.to_string())?;
+                out.push(e);
             }
         }
         out.push(Entity::new(uid.clone(), attrs, ancestors).map_err(|e| e.to_string())?);
@@ -221,7 +243,10 @@ impl Bundle {
             EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
                 attrs.insert("name".into(), s(tool_name));
                 let mcp = parse_mcp_name(tool_name);
-                attrs.insert("is_mcp".into(), RestrictedExpression::new_bool(mcp.is_some()));
+                attrs.insert(
+                    "is_mcp".into(),
+                    RestrictedExpression::new_bool(mcp.is_some()),
+                );
                 if let Some((server, tool)) = mcp {
                     attrs.insert("server".into(), s(server));
                     attrs.insert("mcp_tool".into(), s(tool));
@@ -323,7 +348,10 @@ impl Bundle {
                     "output".into(),
                     RestrictedExpression::new_record([
                         ("size".to_owned(), long(size as u64)),
-                        ("is_error".to_owned(), RestrictedExpression::new_bool(*is_error)),
+                        (
+                            "is_error".to_owned(),
+                            RestrictedExpression::new_bool(*is_error),
+                        ),
                         ("duration_ms".to_owned(), long(*duration_ms)),
                     ])
                     .map_err(|e| e.to_string())?,
@@ -341,7 +369,9 @@ impl Bundle {
                     ..Usage::default()
                 })?,
             )),
-            EventKind::ModelResponse { usage, .. } => pairs.push(("usage".into(), usage_expr(usage)?)),
+            EventKind::ModelResponse { usage, .. } => {
+                pairs.push(("usage".into(), usage_expr(usage)?))
+            }
             EventKind::MemorySearch { query, .. } => pairs.push(("query".into(), s(query))),
             EventKind::MemoryIngest { .. } | EventKind::Install { .. } | EventKind::Unknown => {}
             EventKind::MemoryCompaction { trigger, .. } => {
@@ -390,7 +420,10 @@ fn record(
                 (FieldType::SetOfString, serde_json::Value::Array(items)) => {
                     let strings: Option<Vec<_>> = items
                         .iter()
-                        .map(|i| i.as_str().map(|s| RestrictedExpression::new_string(s.to_owned())))
+                        .map(|i| {
+                            i.as_str()
+                                .map(|s| RestrictedExpression::new_string(s.to_owned()))
+                        })
                         .collect();
                     match strings {
                         Some(s) => RestrictedExpression::new_set(s),
@@ -465,20 +498,32 @@ when { context.input has command && context.input.command like "git push --force
     fn permit_forbid_ask_and_ask_overridden_by_deny() {
         let b = bundle(&[("base.cedar", BASE)]);
         let d = b.evaluate(&bash("alice", "ls"));
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Allow, ReasonCode::PolicyPermit));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Allow, ReasonCode::PolicyPermit)
+        );
         assert_eq!(d.policies, vec!["allow-all-tools"]);
 
         let d = b.evaluate(&bash("alice", "rm -rf /"));
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyForbid));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Deny, ReasonCode::PolicyForbid)
+        );
         assert_eq!(d.policies, vec!["no-rm"]);
         assert_eq!(d.reason, "rm -rf is never allowed");
 
         let d = b.evaluate(&bash("alice", "git push origin"));
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Ask, ReasonCode::PolicyAsk));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Ask, ReasonCode::PolicyAsk)
+        );
         assert_eq!(d.policies, vec!["ask-push"]);
 
         let d = b.evaluate(&bash("alice", "git push --force origin"));
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyForbid));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Deny, ReasonCode::PolicyForbid)
+        );
         assert_eq!(d.policies, vec!["no-force-push"]);
     }
 
@@ -486,13 +531,21 @@ when { context.input has command && context.input.command like "git push --force
     fn default_deny_unknown_kind_and_missing_principal() {
         let b = bundle(&[("base.cedar", BASE)]);
         let mut e = bash("alice", "ls");
-        e.kind = EventKind::UserPrompt { prompt: "hi".into() };
+        e.kind = EventKind::UserPrompt {
+            prompt: "hi".into(),
+        };
         assert_eq!(b.evaluate(&e).reason_code, ReasonCode::NoPermit);
         e.kind = EventKind::Unknown;
         let d = b.evaluate(&e);
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::UnknownEvent));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Deny, ReasonCode::UnknownEvent)
+        );
         let d = b.evaluate(&bash("", "ls"));
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::MissingPrincipal));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Deny, ReasonCode::MissingPrincipal)
+        );
         let mut e = bash("alice", "ls");
         e.metadata.insert("agent_id".into(), "root".into());
         assert_eq!(b.evaluate(&e).reason_code, ReasonCode::ReservedMetadataKey);
@@ -517,7 +570,10 @@ when { context.input has timeout && context.input.timeout + 9223372036854775807 
             cwd: String::new(),
         };
         let d = b.evaluate(&e);
-        assert_eq!((d.verdict, d.reason_code), (Verdict::Deny, ReasonCode::PolicyError));
+        assert_eq!(
+            (d.verdict, d.reason_code),
+            (Verdict::Deny, ReasonCode::PolicyError)
+        );
         assert_eq!(d.policies, vec!["bad-forbid"]);
         assert!(!d.errors.is_empty());
     }
@@ -546,7 +602,10 @@ when { resource.is_mcp && resource has server && resource.server == "github" };
             cwd: String::new(),
         };
         let d = b.evaluate(&e);
-        assert_eq!((d.verdict, d.policies), (Verdict::Allow, vec!["github-mcp".to_owned()]));
+        assert_eq!(
+            (d.verdict, d.policies),
+            (Verdict::Allow, vec!["github-mcp".to_owned()])
+        );
     }
 
     #[test]

@@ -120,7 +120,11 @@ pub fn event_from_proto(e: &v1::HookEvent) -> Result<Event, InvalidEvent> {
         agent_id: e.agent_id.clone(),
         session_id: e.session_id.clone(),
         runtime: e.runtime.clone(),
-        metadata: e.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: e
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         kind,
     })
 }
@@ -240,7 +244,11 @@ pub fn event_to_proto(e: &Event) -> v1::HookEvent {
         agent_id: e.agent_id.clone(),
         session_id: e.session_id.clone(),
         runtime: e.runtime.clone(),
-        metadata: e.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: e
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         timestamp_ms: 0,
         kind,
     }

@@ -107,7 +107,11 @@ impl PolicyHandle {
         if bundle.hash() == self.current().hash() {
             return Ok(false);
         }
-        tracing::info!(hash = bundle.hash(), policies = bundle.policy_count(), "policy bundle reloaded");
+        tracing::info!(
+            hash = bundle.hash(),
+            policies = bundle.policy_count(),
+            "policy bundle reloaded"
+        );
         self.tx.send_replace(Arc::new(bundle));
         Ok(true)
     }
@@ -156,7 +160,9 @@ pub async fn serve(
 async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
     let reload = |why: &str| match policy.reload() {
         Ok(_) => {}
-        Err(e) => tracing::error!(trigger = why, error = %e, "policy reload rejected; keeping the current bundle"),
+        Err(e) => {
+            tracing::error!(trigger = why, error = %e, "policy reload rejected; keeping the current bundle")
+        }
     };
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

@@ -44,7 +44,11 @@ struct Peer {
 }
 
 impl HookSvc {
-    pub(crate) fn new(policy: PolicyHandle, audit: Arc<dyn AuditStore>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(
+        policy: PolicyHandle,
+        audit: Arc<dyn AuditStore>,
+        max_in_flight: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policy,
@@ -135,7 +139,13 @@ impl Inner {
                     format!("the decision could not be recorded: {e}"),
                     bundle.hash(),
                 );
-                decision_to_proto(&d, &wire.correlation_id, &wire.event_id, DecidedBy::Server, 0)
+                decision_to_proto(
+                    &d,
+                    &wire.correlation_id,
+                    &wire.event_id,
+                    DecidedBy::Server,
+                    0,
+                )
             }
         }
     }
@@ -199,10 +209,15 @@ impl v1::hook_service_server::HookService for HookSvc {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn evaluate(&self, request: Request<HookEvent>) -> Result<Response<v1::Decision>, Status> {
+    async fn evaluate(
+        &self,
+        request: Request<HookEvent>,
+    ) -> Result<Response<v1::Decision>, Status> {
         let event = request.into_inner();
         let bundle = self.inner.policy.current();
-        Ok(Response::new(self.inner.decide(&bundle, &event, None).await))
+        Ok(Response::new(
+            self.inner.decide(&bundle, &event, None).await,
+        ))
     }
 }
 
@@ -249,7 +264,11 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
     }
     if hello.agent_id.is_empty() {
         let _ = tx
-            .send(Err(status(Code::InvalidArgument, "missing_principal", "the hello names no agent")))
+            .send(Err(status(
+                Code::InvalidArgument,
+                "missing_principal",
+                "the hello names no agent",
+            )))
             .await;
         return;
     }
@@ -283,7 +302,11 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
         bundle_hash: current.hash().into(),
         bundle: (hello.bundle_hash != current.hash()).then(|| bundle_to_proto(&current)),
     };
-    if tx.send(frame(server_frame::Frame::Welcome(welcome))).await.is_err() {
+    if tx
+        .send(frame(server_frame::Frame::Welcome(welcome)))
+        .await
+        .is_err()
+    {
         return;
     }
     drop(current);

@@ -21,8 +21,10 @@ pub(crate) fn status(code: Code, reason_code: &str, message: impl AsRef<str>) ->
 pub(crate) fn inbound_error(s: &Status) -> Status {
     if s.message().contains("message length too large") {
         status(Code::ResourceExhausted, "message_too_large", s.message())
-    } else if matches!(s.code(), Code::Internal | Code::InvalidArgument | Code::DataLoss)
-        || s.message().contains("decode")
+    } else if matches!(
+        s.code(),
+        Code::Internal | Code::InvalidArgument | Code::DataLoss
+    ) || s.message().contains("decode")
     {
         status(Code::InvalidArgument, "malformed_frame", s.message())
     } else {

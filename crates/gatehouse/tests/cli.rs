@@ -1,0 +1,238 @@
+//! The `gatehouse` command as users run it: exit codes and output of
+//! validate, serve and audit.
+
+#![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("gatehouse runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_quickstart_and_locates_every_error() {
+    let (code, out, _) = run(bin()
+        .arg("validate")
+        .arg(root().join("examples/quickstart")));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid: 10 policies"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"ok\")\npermit(principal, action == Gatehouse::Action::\"call_tool\", resource)\n  when { context.input has command && context.input.command like \"rm -rf *\" };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.cedar"),
+        "permit(principal, action == Gatehouse::Action::\"call_tool\", resource)\nwhen { context.input.nope == 1 };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.cedar"),
+        "forbid(principal, action, resource)\n  when { ) };\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_ne!(code, 0);
+    let b = format!("{}:2:", dir.path().join("b.cedar").display());
+    let c = format!("{}:2:", dir.path().join("c.cedar").display());
+    assert!(
+        out.lines().any(|l| l.starts_with(&b)),
+        "b.cedar error located: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&c)),
+        "c.cedar error located: {out}"
+    );
+    assert!(
+        !out.contains("a.cedar"),
+        "a valid file reports nothing: {out}"
+    );
+
+    let (code, out, _) = run(bin().args(["validate", "--json"]).arg(dir.path()));
+    assert_ne!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["errors"].as_array().unwrap().len() >= 2);
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(audit: &Path) -> Served {
+    let mut child = bin()
+        .arg("serve")
+        .arg("--policies")
+        .arg(root().join("examples/quickstart"))
+        .arg("--audit")
+        .arg(format!("sqlite:{}", audit.display()))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve logs its address")
+            .expect("utf-8");
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, addr }
+}
+
+fn decide(addr: &str, n: usize) {
+    use hook_proto::v1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            v1::hook_service_client::HookServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        for i in 0..n {
+            let cmd = if i % 2 == 0 { "ls" } else { "rm -rf /" };
+            let d = client
+                .evaluate(v1::HookEvent {
+                    correlation_id: format!("c{i}"),
+                    event_id: format!("e{i}"),
+                    agent_id: if i < 4 { "alice" } else { "bob" }.into(),
+                    session_id: "s".into(),
+                    kind: Some(v1::hook_event::Kind::PreToolUse(v1::PreToolUse {
+                        tool_name: "Bash".into(),
+                        input_json: format!("{{\"command\":\"{cmd}\"}}"),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(d.audit_seq, i as u64 + 1);
+        }
+    });
+}
+
+fn tamper(db: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;",
+    )
+    .unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+fn verify(db: &Path) -> (i32, String) {
+    let (code, out, err) = run(bin()
+        .args(["audit", "verify", "--audit"])
+        .arg(format!("sqlite:{}", db.display())));
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn serve_records_decisions_and_audit_verify_names_tampered_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    {
+        let served = serve(&db);
+        decide(&served.addr, 8);
+    }
+    let (code, out) = verify(&db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("8 records"), "{out}");
+
+    let spec = format!("sqlite:{}", db.display());
+    let (code, out, _) = run(bin().args([
+        "audit",
+        "query",
+        "--audit",
+        &spec,
+        "--agent",
+        "bob",
+        "--verdict",
+        "deny",
+        "--json",
+    ]));
+    assert_eq!(code, 0);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r["agent_id"] == "bob" && r["verdict"] == "deny")
+    );
+    assert_eq!(rows[0]["policies"][0], "no-recursive-delete");
+    let (_, out, _) = run(bin().args(["audit", "query", "--audit", &spec, "--since", "1h"]));
+    assert_eq!(out.lines().count(), 8);
+
+    // Edit, delete and swap, each on its own copy.
+    let copy = |name: &str| {
+        // WAL mode: the log is the database file plus its -wal file.
+        let p = dir.path().join(name);
+        std::fs::copy(&db, &p).unwrap();
+        let wal = dir.path().join("audit.db-wal");
+        if wal.exists() {
+            std::fs::copy(&wal, dir.path().join(format!("{name}-wal"))).unwrap();
+        }
+        p
+    };
+    let edited = copy("edited.db");
+    tamper(&edited, "UPDATE audit SET verdict = 'allow' WHERE seq = 4");
+    let (code, out) = verify(&edited);
+    assert_eq!(code, 1);
+    assert!(out.contains("record 4"), "{out}");
+
+    let deleted = copy("deleted.db");
+    tamper(&deleted, "DELETE FROM audit WHERE seq = 3");
+    let (code, out) = verify(&deleted);
+    assert_eq!(code, 1);
+    assert!(out.contains("record 3"), "{out}");
+
+    let swapped = copy("swapped.db");
+    tamper(
+        &swapped,
+        "UPDATE audit SET seq = -1 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = -1;",
+    );
+    let (code, out) = verify(&swapped);
+    assert_eq!(code, 1);
+    assert!(out.contains("record 5"), "{out}");
+}
