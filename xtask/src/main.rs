@@ -68,8 +68,7 @@ fn test() -> Result<(), String> {
 fn conformance() -> Result<(), String> {
     cargo(&[
         "test",
-        "-p",
-        "gatehouse-tests",
+        "--workspace",
         "--test",
         "conformance",
         "--",
