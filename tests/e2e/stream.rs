@@ -265,6 +265,10 @@ impl AuditStore for BrokenAudit {
     fn append(&self, _: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
         Box::pin(async { Err(AuditError::WriterStopped) })
     }
+
+    fn append_once(&self, _: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
+        Box::pin(async { Err(AuditError::WriterStopped) })
+    }
 }
 
 #[tokio::test]

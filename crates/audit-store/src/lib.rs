@@ -27,4 +27,9 @@ pub trait AuditStore: Send + Sync + std::fmt::Debug {
     /// Appends one record and resolves, once it is committed at the store's
     /// durability level, to its sequence number.
     fn append(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>>;
+
+    /// Like [`append`](Self::append), but when a record with the same
+    /// `record_kind` and `event_id` exists, appends nothing and resolves to
+    /// that record's sequence number (idempotent replay).
+    fn append_once(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>>;
 }

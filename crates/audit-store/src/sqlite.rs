@@ -39,7 +39,11 @@ const QUEUE: usize = 8192;
 /// Records committed in one transaction at most.
 const MAX_BATCH: usize = 1024;
 
-type Job = (AuditRecord, oneshot::Sender<Result<u64, AuditError>>);
+struct Job {
+    record: AuditRecord,
+    once: bool,
+    reply: oneshot::Sender<Result<u64, AuditError>>,
+}
 
 /// A SQLite audit log. Cloning is cheap; all clones share one writer.
 #[derive(Debug, Clone)]
@@ -130,16 +134,34 @@ impl SqliteAudit {
     }
 }
 
-impl AuditStore for SqliteAudit {
-    fn append(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
+impl SqliteAudit {
+    fn submit(
+        &self,
+        record: AuditRecord,
+        once: bool,
+    ) -> BoxFuture<'static, Result<u64, AuditError>> {
         let tx = self.tx.clone();
         Box::pin(async move {
             let (reply, done) = oneshot::channel();
-            tx.send((record, reply))
-                .await
-                .map_err(|_| AuditError::WriterStopped)?;
+            tx.send(Job {
+                record,
+                once,
+                reply,
+            })
+            .await
+            .map_err(|_| AuditError::WriterStopped)?;
             done.await.map_err(|_| AuditError::WriterStopped)?
         })
+    }
+}
+
+impl AuditStore for SqliteAudit {
+    fn append(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
+        self.submit(record, false)
+    }
+
+    fn append_once(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
+        self.submit(record, true)
     }
 }
 
@@ -154,9 +176,9 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut seq: u64, mut h
             }
         }
         match commit(&mut conn, &batch, seq, &hash) {
-            Ok((new_seq, new_hash)) => {
-                for (i, (_, reply)) in batch.drain(..).enumerate() {
-                    let _ = reply.send(Ok(seq + 1 + i as u64));
+            Ok((new_seq, new_hash, seqs)) => {
+                for (job, s) in batch.drain(..).zip(seqs) {
+                    let _ = job.reply.send(Ok(s));
                 }
                 seq = new_seq;
                 hash = new_hash;
@@ -164,8 +186,8 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut seq: u64, mut h
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "audit group commit failed");
                 let msg = e.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(AuditError::Commit(msg.clone())));
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(AuditError::Commit(msg.clone())));
                 }
             }
         }
@@ -177,18 +199,33 @@ fn commit(
     batch: &[Job],
     mut seq: u64,
     prev: &str,
-) -> Result<(u64, String), rusqlite::Error> {
+) -> Result<(u64, String, Vec<u64>), rusqlite::Error> {
     let tx = conn.transaction()?;
     let mut prev = prev.to_owned();
+    let mut seqs = Vec::with_capacity(batch.len());
     {
+        let mut existing = tx.prepare_cached(
+            "SELECT seq FROM audit WHERE event_id = ?1 AND record_kind = ?2 ORDER BY seq LIMIT 1",
+        )?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit (seq, time_ms, record_kind, session_id, agent_id, runtime, \
              event_kind, event_id, correlation_id, resource, verdict, reason_code, policies, \
              decided_by, bundle_hash, detail, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
-        for (r, _) in batch {
+        for job in batch {
+            let r = &job.record;
+            if job.once && !r.event_id.is_empty() {
+                let found: Option<u64> = existing
+                    .query_row(params![r.event_id, r.record_kind], |row| row.get(0))
+                    .optional()?;
+                if let Some(s) = found {
+                    seqs.push(s);
+                    continue;
+                }
+            }
             seq += 1;
+            seqs.push(seq);
             let hash = chain_hash(seq, &prev, r);
             let policies = serde_json::to_string(&r.policies).unwrap_or_else(|_| "[]".into());
             insert.execute(params![
@@ -220,7 +257,7 @@ fn commit(
         )?;
     }
     tx.commit()?;
-    Ok((seq, prev))
+    Ok((seq, prev, seqs))
 }
 
 fn open_read(path: &Path) -> Result<Connection, AuditError> {
@@ -417,6 +454,22 @@ mod tests {
         };
         let got: Vec<u64> = query(&path, &q).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(got, vec![3, 9, 15, 21]);
+    }
+
+    #[tokio::test]
+    async fn append_once_is_idempotent_by_kind_and_event_id() {
+        let (_d, path) = filled(2).await;
+        let store = SqliteAudit::open(&path, Durability::ProcessCrashSafe).unwrap();
+        let mut r = rec(7);
+        r.record_kind = "local_decision".into();
+        let (a, b) = (store.append_once(r.clone()), store.append_once(r.clone()));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!((a, b), (3, 3));
+        assert_eq!(store.append_once(r.clone()).await.unwrap(), 3);
+        // Another kind with the same event id is a separate record.
+        r.record_kind = "decision".into();
+        assert_eq!(store.append_once(r).await.unwrap(), 4);
+        assert_eq!(verify(&path).unwrap(), VerifyReport::Intact { records: 4 });
     }
 
     #[tokio::test]

@@ -49,6 +49,12 @@ pub enum ReasonCode {
     PrincipalMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
     AuditUnavailable,
+    /// A client had to decide locally and had no bundle: the fail mode
+    /// decided.
+    NoBundle,
+    /// A client had to decide locally and its bundle was past its maximum
+    /// age: the fail mode decided.
+    StaleBundle,
 }
 
 impl ReasonCode {
@@ -65,6 +71,8 @@ impl ReasonCode {
             Self::ReservedMetadataKey => "reserved_metadata_key",
             Self::PrincipalMismatch => "principal_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::NoBundle => "no_bundle",
+            Self::StaleBundle => "stale_bundle",
         }
     }
 }

@@ -126,7 +126,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let service = service::HookSvc::new(policy.clone(), audit, config.max_in_flight_per_stream);
+    // Streams end themselves on shutdown (after answering what they
+    // accepted), so graceful shutdown does not wait on open sessions.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let service = service::HookSvc::new(
+        policy.clone(),
+        audit,
+        config.max_in_flight_per_stream,
+        stop_rx,
+    );
     let hook = HookServiceServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(usize::MAX);

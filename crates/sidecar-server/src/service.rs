@@ -13,7 +13,7 @@ use hook_proto::v1::{
 };
 use policy_core::proto::{bundle_to_proto, decision_to_proto, event_from_proto};
 use policy_core::{Bundle, Decision, Event, EventKind, ReasonCode};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -32,6 +32,7 @@ struct Inner {
     policy: PolicyHandle,
     audit: Arc<dyn AuditStore>,
     max_in_flight: usize,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Who is on the other end of a stream, from its hello.
@@ -48,12 +49,14 @@ impl HookSvc {
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
         max_in_flight: usize,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policy,
                 audit,
                 max_in_flight: max_in_flight.max(1),
+                shutdown,
             }),
         }
     }
@@ -146,6 +149,117 @@ impl Inner {
                     DecidedBy::Server,
                     0,
                 )
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Records a decision the client made locally, once per event id.
+    async fn record_report(
+        &self,
+        report: &v1::LocalDecisionReport,
+        peer: &Peer,
+    ) -> Option<v1::ReportAck> {
+        let wire = report.event.as_ref()?;
+        let d = report.decision.as_ref()?;
+        let (event_kind, resource, agent, session, runtime) = match event_from_proto(wire) {
+            Ok(mut e) => {
+                if e.agent_id.is_empty() {
+                    e.agent_id.clone_from(&peer.agent_id);
+                }
+                (
+                    e.kind.name(),
+                    e.kind.resource_label(&e.session_id),
+                    e.agent_id,
+                    e.session_id,
+                    e.runtime,
+                )
+            }
+            Err(_) => (
+                "unknown",
+                String::new(),
+                wire.agent_id.clone(),
+                wire.session_id.clone(),
+                wire.runtime.clone(),
+            ),
+        };
+        let decided_by = match d.decided_by() {
+            DecidedBy::FailOpen => "fail_open",
+            DecidedBy::FailClosed => "fail_closed",
+            _ => "local_fallback",
+        };
+        let verdict =
+            policy_core::proto::verdict_from_proto(d.verdict).map_or("deny", |v| v.as_str());
+        let detail = serde_json::json!({
+            "reason": d.reason,
+            "cause": report.cause,
+            "fail_open": decided_by == "fail_open",
+            "decided_at_ms": report.decided_at_ms,
+            "reported_by": peer.agent_id,
+        });
+        let record = AuditRecord {
+            time_ms: now_ms(),
+            record_kind: "local_decision".into(),
+            session_id: session,
+            agent_id: agent,
+            runtime,
+            event_kind: event_kind.into(),
+            event_id: wire.event_id.clone(),
+            correlation_id: wire.correlation_id.clone(),
+            resource,
+            verdict: verdict.into(),
+            reason_code: d.reason_code.clone(),
+            policies: d.policies.clone(),
+            decided_by: decided_by.into(),
+            bundle_hash: d.bundle_hash.clone(),
+            detail: detail.to_string(),
+        };
+        match self.audit.append_once(record).await {
+            Ok(seq) => Some(v1::ReportAck {
+                id: wire.event_id.clone(),
+                audit_seq: seq,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "recording a local decision failed; the client keeps it spooled");
+                None
+            }
+        }
+    }
+
+    /// Records that the client lost spooled decisions.
+    async fn record_gap(&self, gap: &v1::SpoolGap, peer: &Peer) -> Option<v1::ReportAck> {
+        let record = AuditRecord {
+            time_ms: now_ms(),
+            record_kind: "spool_gap".into(),
+            agent_id: if gap.agent_id.is_empty() {
+                peer.agent_id.clone()
+            } else {
+                gap.agent_id.clone()
+            },
+            session_id: peer.session_id.clone(),
+            runtime: peer.runtime.clone(),
+            event_kind: "spool_gap".into(),
+            event_id: format!("{}:{}", gap.gap_id, gap.lost),
+            verdict: "deny".into(),
+            reason_code: "spool_full".into(),
+            decided_by: "local_fallback".into(),
+            detail: serde_json::json!({
+                "lost": gap.lost,
+                "first_lost_ms": gap.first_lost_ms,
+                "last_lost_ms": gap.last_lost_ms,
+            })
+            .to_string(),
+            ..AuditRecord::default()
+        };
+        match self.audit.append_once(record).await {
+            Ok(seq) => Some(v1::ReportAck {
+                id: gap.gap_id.clone(),
+                audit_seq: seq,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "recording a spool gap failed");
+                None
             }
         }
     }
@@ -314,8 +428,17 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
     // 3. Events, evaluated concurrently, and bundle pushes.
     let limit = Arc::new(Semaphore::new(inner.max_in_flight));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut shutdown = inner.shutdown.clone();
     let ending: Option<Status> = loop {
+        if *shutdown.borrow_and_update() {
+            break Some(status(
+                Code::Unavailable,
+                "server_shutting_down",
+                "the server is shutting down; reconnect",
+            ));
+        }
         tokio::select! {
+            _ = shutdown.changed() => continue,
             changed = bundles.changed() => {
                 if changed.is_err() { continue; }
                 let b = bundles.borrow_and_update().clone();
@@ -353,6 +476,26 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
                         let decision = inner.decide(&bundle, &event, Some(&peer)).await;
                         lock(&in_flight).remove(&event.correlation_id);
                         let _ = tx.send(frame(server_frame::Frame::Decision(decision))).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Some(ClientFrame { frame: Some(client_frame::Frame::LocalDecision(report)) })) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
+                    let (inner, tx, peer) = (inner.clone(), tx.clone(), peer.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = inner.record_report(&report, &peer).await {
+                            let _ = tx.send(frame(server_frame::Frame::ReportAck(ack))).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Ok(Some(ClientFrame { frame: Some(client_frame::Frame::SpoolGap(gap)) })) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
+                    let (inner, tx, peer) = (inner.clone(), tx.clone(), peer.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = inner.record_gap(&gap, &peer).await {
+                            let _ = tx.send(frame(server_frame::Frame::ReportAck(ack))).await;
+                        }
                         drop(permit);
                     });
                 }
