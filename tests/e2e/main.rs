@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
 
+mod client;
 mod helpers;
 mod reload;
 mod stream;

@@ -14,6 +14,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod conformance;
+mod proxy;
+
+pub use self::proxy::FaultProxy;
 
 /// The workspace root (for examples and the conformance corpus).
 pub fn workspace_root() -> PathBuf {
