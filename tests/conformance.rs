@@ -1,17 +1,19 @@
 //! Conformance: every case in `tests/conformance/` must get the same
 //! decision in-process (policy-core), over the bidi stream and over the
-//! unary RPC of a real server on an ephemeral loopback port.
+//! unary RPC of a real server on an ephemeral loopback port, and from the
+//! client's local fallback deciding with the bundle the server pushed.
 
 #![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gatehouse_tests::TestServer;
 use gatehouse_tests::conformance::{CaseFile, Outcome, corpus_root, load_corpus};
+use gatehouse_tests::{FaultProxy, TestServer};
 use hook_proto::v1::{self, ClientFrame, Hello, client_frame, server_frame};
 use policy_core::proto::{event_to_proto, verdict_from_proto};
 use policy_core::{Bundle, Verdict};
+use sidecar_client::{Client, ClientConfig, DecidedBy, SessionInfo};
 
 fn outcome_of(d: &v1::Decision) -> Outcome {
     Outcome {
@@ -111,6 +113,55 @@ async fn stream(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outc
         .collect()
 }
 
+/// The client connects (receiving the bundle in the welcome), loses the
+/// server, and decides every case locally.
+async fn local_fallback(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
+    let proxy = FaultProxy::start(server.addr).await?;
+    let client = Client::new(ClientConfig {
+        server: Some(proxy.url()),
+        default_deadline: Duration::from_secs(2),
+        ..ClientConfig::default()
+    })?;
+    let probe = client.open_session(SessionInfo {
+        agent_id: file.agent.clone(),
+        session_id: file.session.clone(),
+        runtime: file.runtime.clone(),
+        metadata: Default::default(),
+    });
+    let start = std::time::Instant::now();
+    while client.bundle_hash().as_deref() != Some(server.policy.current().hash()) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "no bundle pushed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.set_refusing(true);
+    proxy.kill_connections();
+    drop(probe);
+    let mut out = Vec::new();
+    for i in 0..file.cases.len() {
+        let event = file.event(i)?;
+        let session = client.open_session(SessionInfo {
+            agent_id: event.agent_id.clone(),
+            session_id: event.session_id.clone(),
+            runtime: file.runtime.clone(),
+            metadata: Default::default(),
+        });
+        let d = session.decide(event).await;
+        anyhow::ensure!(
+            d.decided_by == DecidedBy::LocalFallback,
+            "case {i} was not decided locally: {d:?}"
+        );
+        out.push(Outcome {
+            verdict: d.verdict,
+            reason_code: d.reason_code,
+            policies: d.policies,
+        });
+    }
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
     let files = load_corpus(&corpus_root())?;
@@ -127,6 +178,7 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
             ("in-process", in_process(file)?),
             ("stream", stream(&server, file).await?),
             ("unary", unary(&server, file).await?),
+            ("local-fallback", local_fallback(&server, file).await?),
         ];
         for (path, outcomes) in &paths {
             for (case, got) in file.cases.iter().zip(outcomes) {
@@ -146,7 +198,7 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
         server.stop().await?;
     }
     println!(
-        "conformance: {total} cases x 3 paths = {checked} checks, {} mismatches",
+        "conformance: {total} cases x 4 paths = {checked} checks, {} mismatches",
         failures.len()
     );
     assert!(

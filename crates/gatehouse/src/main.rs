@@ -2,8 +2,10 @@
 //! inspect or verify the audit log. A thin shell over the library crates;
 //! it must never contain decision logic of its own.
 
+mod adapters;
 mod audit_cmd;
 mod config;
+mod replay;
 mod timefmt;
 
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ enum Command {
     Audit(audit_cmd::AuditCmd),
     /// Print the built-in Cedar schema (copy it to extend it in a bundle).
     Schema,
+    /// Decide every event of a recorded session and print one JSON
+    /// decision per line.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate { dir, json } => validate(&dir, json),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Replay(args) => replay::run(args),
         Command::Schema => {
             print!("{}", policy_core::BUILTIN_SCHEMA);
             Ok(ExitCode::SUCCESS)

@@ -236,3 +236,73 @@ fn serve_records_decisions_and_audit_verify_names_tampered_records() {
     assert_eq!(code, 1);
     assert!(out.contains("record 5"), "{out}");
 }
+
+const RECORDED: &str = r#"{"session_id":"abc","cwd":"/p","hook_event_name":"SessionStart","source":"startup"}
+{"session_id":"abc","cwd":"/p","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"npm test"},"tool_use_id":"t1"}
+{"session_id":"abc","cwd":"/p","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"rm -rf /"},"tool_use_id":"t2"}
+{"session_id":"abc","cwd":"/p","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git push origin main"},"tool_use_id":"t3"}
+{"session_id":"abc","cwd":"/p","hook_event_name":"PostToolUse","tool_name":"Bash","tool_input":{"command":"npm test"},"tool_response":{"stdout":"ok"},"tool_use_id":"t1"}
+{"session_id":"abc","hook_event_name":"Notification","message":"idle"}
+"#;
+
+fn replay_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn replay_gives_the_same_decisions_locally_and_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.jsonl");
+    std::fs::write(&file, RECORDED).unwrap();
+    let quickstart = root().join("examples/quickstart");
+    let (code, local, err) = run(bin()
+        .args(["replay", "--format", "claude-code", "--local"])
+        .arg(&quickstart)
+        .arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let local = replay_lines(&local);
+    let verdicts: Vec<&str> = local
+        .iter()
+        .map(|v| v["verdict"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec!["allow", "allow", "deny", "ask", "allow", "-"]
+    );
+    assert_eq!(local[2]["policies"][0], "no-recursive-delete");
+    assert!(local[5]["skipped"].is_string());
+
+    let served = serve(&dir.path().join("audit.db"));
+    let (code, remote, err) = run(bin()
+        .args([
+            "replay",
+            "--format",
+            "claude-code",
+            "--agent",
+            "cc-bot",
+            "--server",
+        ])
+        .arg(format!("http://{}", served.addr))
+        .arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let remote = replay_lines(&remote);
+    for (l, r) in local.iter().zip(&remote) {
+        assert_eq!(l["verdict"], r["verdict"]);
+        assert_eq!(l["reason_code"], r["reason_code"]);
+        assert_eq!(l["policies"], r["policies"]);
+    }
+    assert!(
+        remote
+            .iter()
+            .filter(|r| r["verdict"].is_string())
+            .all(|r| r["decided_by"] == "server")
+    );
+    drop(served);
+    let spec = format!("sqlite:{}", dir.path().join("audit.db").display());
+    let (_, out, _) = run(bin().args([
+        "audit", "query", "--json", "--agent", "cc-bot", "--audit", &spec,
+    ]));
+    assert_eq!(out.lines().count(), 5, "{out}");
+}

@@ -173,3 +173,56 @@ impl ToolHook for GatehouseHook {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fixed(HookOutcome, Arc<AtomicUsize>);
+
+    impl ToolHook for Fixed {
+        fn before_tool<'a>(&'a self, _: &'a ToolCall) -> HookFuture<'a> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let o = self.0.clone();
+            Box::pin(async move { o })
+        }
+        fn after_tool<'a>(&'a self, _: &'a ToolCall, _: &'a ToolResult) -> HookFuture<'a> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let o = self.0.clone();
+            Box::pin(async move { o })
+        }
+    }
+
+    #[tokio::test]
+    async fn first_deny_wins_and_stops_the_chain() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let ask = HookOutcome::Ask { reason: "a".into() };
+        let deny = HookOutcome::Deny { reason: "d".into() };
+        let chain = HookChain::new()
+            .with(Fixed(HookOutcome::Continue, calls.clone()))
+            .with(Fixed(ask.clone(), calls.clone()))
+            .with(Fixed(deny.clone(), calls.clone()))
+            .with(Fixed(
+                HookOutcome::Deny {
+                    reason: "later".into(),
+                },
+                calls.clone(),
+            ));
+        let call = ToolCall::default();
+        assert_eq!(chain.before_tool(&call).await, deny);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "the hook after the deny did not run"
+        );
+        let chain = HookChain::new()
+            .with(Fixed(HookOutcome::Continue, calls.clone()))
+            .with(Fixed(ask.clone(), calls.clone()));
+        assert_eq!(chain.after_tool(&call, &ToolResult::default()).await, ask);
+        assert_eq!(
+            HookChain::new().before_tool(&call).await,
+            HookOutcome::Continue
+        );
+    }
+}

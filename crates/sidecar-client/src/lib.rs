@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use policy_core::{Bundle, BundleFile};
+use policy_core::Bundle;
 use tonic::transport::{Channel, Endpoint};
 
 pub use self::blocking::{BlockingClient, BlockingSession};
@@ -29,7 +29,8 @@ pub use self::config::{Backoff, ClientConfig, FailMode, SpoolConfig};
 pub use self::decision::{ClientDecision, DecidedBy, FallbackCause};
 pub use self::hooks::{GatehouseHook, HookChain, HookOutcome, ToolCall, ToolHook, ToolResult};
 pub use self::session::{Session, SessionInfo};
-pub use policy_core::{Event, EventKind, Usage, Verdict};
+pub use bundle_dir::{BundleDirError, read_bundle_dir};
+pub use policy_core::{BundleFile, Event, EventKind, Usage, Verdict};
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,7 @@ struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     outbound: Mutex<Option<mpsc::Sender<ClientFrame>>>,
     acks: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    connected: watch::Sender<bool>,
     in_flight: Semaphore,
     next_corr: AtomicU64,
 }
@@ -79,6 +80,7 @@ impl Session {
             pending: Mutex::default(),
             outbound: Mutex::default(),
             acks: Mutex::default(),
+            connected: watch::Sender::new(false),
             in_flight: Semaphore::new(max),
             next_corr: AtomicU64::new(1),
         });
@@ -97,6 +99,18 @@ impl Session {
 
     pub fn info(&self) -> &SessionInfo {
         &self.shared.info
+    }
+
+    /// Waits up to `timeout` for the stream to come up; false if it did
+    /// not (decisions still work, locally).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        if self.driver.is_none() {
+            return false;
+        }
+        let mut rx = self.shared.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// True while the session's stream is up.
@@ -232,7 +246,7 @@ impl Shared {
         };
         if let Some(spool) = &c.spool {
             let entry = Entry::Report {
-                event: event.clone(),
+                event: Box::new(event.clone()),
                 correlation_id: correlation_id.to_owned(),
                 decision: SpooledDecision {
                     verdict: decision.verdict,
@@ -392,6 +406,7 @@ impl Shared {
         closed: &mut watch::Receiver<bool>,
     ) {
         *lock(&self.outbound) = Some(tx.clone());
+        self.connected.send_replace(true);
         self.spawn_flush(tx.clone());
         loop {
             tokio::select! {
@@ -450,6 +465,7 @@ impl Shared {
     /// locally at once.
     fn disconnect(&self) {
         *lock(&self.outbound) = None;
+        self.connected.send_replace(false);
         *lock(&self.acks) = None;
         lock(&self.pending).clear();
     }

@@ -30,7 +30,7 @@ pub(crate) struct SpooledDecision {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Entry {
     Report {
-        event: Event,
+        event: Box<Event>,
         correlation_id: String,
         decision: SpooledDecision,
         cause: String,
@@ -256,7 +256,7 @@ mod tests {
 
     fn report(i: usize) -> Entry {
         Entry::Report {
-            event: Event {
+            event: Box::new(Event {
                 event_id: format!("e{i}"),
                 agent_id: "a".into(),
                 session_id: "s".into(),
@@ -265,7 +265,7 @@ mod tests {
                 kind: EventKind::UserPrompt {
                     prompt: "x".repeat(100),
                 },
-            },
+            }),
             correlation_id: format!("c{i}"),
             decision: SpooledDecision {
                 verdict: Verdict::Deny,

@@ -8,7 +8,6 @@
 //! event hold back another, and never replace a valid bundle with an
 //! invalid one.
 
-mod bundle_dir;
 mod service;
 mod status;
 
@@ -23,8 +22,8 @@ use policy_core::{Bundle, BundleError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use self::bundle_dir::{BundleDirError, read_bundle_dir};
 pub use self::status::{REASON_HEADER, reason_code_of};
+pub use bundle_dir::{BundleDirError, read_bundle_dir};
 
 /// Server settings (static: read once at start).
 #[derive(Debug, Clone)]

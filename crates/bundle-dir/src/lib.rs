@@ -1,4 +1,7 @@
-//! Reading a bundle directory from disk (the IO policy-core must not do).
+//! bundle-dir reads a policy bundle directory from disk into the files
+//! policy-core loads: the IO policy-core must not do, shared by the server
+//! (its bundle) and the client (its bootstrap bundle). It must never
+//! interpret the files: validation is policy-core's.
 
 use std::path::{Path, PathBuf};
 
@@ -57,4 +60,22 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<BundleFile>) -> Result<(), Bundle
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nested_files_with_relative_paths_and_skips_dot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("team/a")).unwrap();
+        std::fs::write(dir.path().join("base.cedar"), "x").unwrap();
+        std::fs::write(dir.path().join("team/a/p.cedar"), "y").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "z").unwrap();
+        let files = read_bundle_dir(dir.path()).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["base.cedar", "team/a/p.cedar"]);
+        assert!(read_bundle_dir(&dir.path().join("missing")).is_err());
+    }
 }

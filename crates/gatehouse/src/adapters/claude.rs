@@ -1,0 +1,107 @@
+//! Claude Code hook input (the format several other agents copy).
+
+use policy_core::{Event, EventKind};
+use serde_json::Value;
+
+use super::{BadInput, Mapped, str_field};
+
+/// The runtime name Claude Code events carry.
+pub(crate) const RUNTIME: &str = "claude-code";
+
+/// Maps one Claude Code hook input object. `agent` is the principal.
+pub(crate) fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
+    let Some(obj) = input.as_object() else {
+        return Err(BadInput("hook input is not a JSON object".into()));
+    };
+    let hook = obj
+        .get("hook_event_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| BadInput("hook input has no `hook_event_name`".into()))?;
+    let cwd = str_field(input, "cwd").to_owned();
+    let tool_name = || {
+        obj.get("tool_name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| BadInput(format!("{hook} input has no `tool_name`")))
+    };
+    let tool_input = || obj.get("tool_input").cloned().unwrap_or(Value::Null);
+    let kind = match hook {
+        "PreToolUse" | "PermissionRequest" => EventKind::PreToolUse {
+            tool_name: tool_name()?,
+            input: tool_input(),
+            tool_use_id: str_field(input, "tool_use_id").to_owned(),
+            cwd,
+        },
+        "PostToolUse" | "PostToolUseFailure" => EventKind::PostToolUse {
+            tool_name: tool_name()?,
+            input: tool_input(),
+            tool_use_id: str_field(input, "tool_use_id").to_owned(),
+            cwd,
+            output: obj.get("tool_response").cloned().unwrap_or(Value::Null),
+            is_error: hook == "PostToolUseFailure",
+            duration_ms: obj.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
+            usage: policy_core::Usage::default(),
+        },
+        "UserPromptSubmit" => EventKind::UserPrompt {
+            prompt: str_field(input, "prompt").to_owned(),
+        },
+        "SessionStart" => EventKind::SessionStart {
+            source: str_field(input, "source").to_owned(),
+        },
+        "SessionEnd" => EventKind::SessionEnd {
+            reason: str_field(input, "reason").to_owned(),
+        },
+        "PreCompact" => EventKind::MemoryCompaction {
+            store: "transcript".into(),
+            trigger: str_field(input, "trigger").to_owned(),
+        },
+        other => {
+            return Ok(Mapped::NoDecision {
+                hook_event: other.to_owned(),
+            });
+        }
+    };
+    Ok(Mapped::Event(Box::new(Event {
+        event_id: String::new(),
+        agent_id: agent.to_owned(),
+        session_id: str_field(input, "session_id").to_owned(),
+        runtime: RUNTIME.to_owned(),
+        metadata: Default::default(),
+        kind,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_tool_prompt_and_lifecycle_events() {
+        let pre = serde_json::json!({"session_id":"s","cwd":"/p","hook_event_name":"PreToolUse",
+            "tool_name":"mcp__github__create_issue","tool_input":{"title":"x"},"tool_use_id":"t1"});
+        let Ok(Mapped::Event(e)) = map_input(&pre, "me") else {
+            panic!("maps")
+        };
+        assert_eq!((e.agent_id.as_str(), e.session_id.as_str()), ("me", "s"));
+        assert!(
+            matches!(&e.kind, EventKind::PreToolUse { tool_name, cwd, .. } if tool_name == "mcp__github__create_issue" && cwd == "/p")
+        );
+
+        let post = serde_json::json!({"session_id":"s","hook_event_name":"PostToolUse","tool_name":"Bash",
+            "tool_input":{"command":"env"},"tool_response":{"stdout":"A=1"},"duration_ms":5});
+        let Ok(Mapped::Event(e)) = map_input(&post, "me") else {
+            panic!("maps")
+        };
+        assert!(
+            matches!(&e.kind, EventKind::PostToolUse { output, duration_ms: 5, .. } if output["stdout"] == "A=1")
+        );
+
+        let stop = serde_json::json!({"session_id":"s","hook_event_name":"Stop"});
+        assert!(matches!(
+            map_input(&stop, "me"),
+            Ok(Mapped::NoDecision { .. })
+        ));
+        assert!(map_input(&serde_json::json!({"tool_name":"Bash"}), "me").is_err());
+        assert!(map_input(&serde_json::json!([1]), "me").is_err());
+    }
+}
