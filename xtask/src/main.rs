@@ -10,7 +10,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci            fmt check, clippy -D warnings, every test, conformance
   test          every test (cargo nextest when installed, else cargo test)
-  conformance   the conformance corpus on every path";
+  conformance   the conformance corpus on every path
+  bench         latency and throughput on every path -> docs/benchmarks.md";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -18,6 +19,14 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "test" => test(),
         "conformance" => conformance(),
+        "bench" => cargo(&[
+            "run",
+            "--release",
+            "-p",
+            "gatehouse-tests",
+            "--bin",
+            "gatehouse-bench",
+        ]),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

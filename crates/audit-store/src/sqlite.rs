@@ -1,10 +1,13 @@
 //! The SQLite backend: WAL journal, one writer thread, group commit.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport, chain_hash};
 use crate::{AuditError, AuditStore, BoxFuture};
@@ -34,10 +37,10 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// Records waiting for the writer at most; appends wait beyond this.
-const QUEUE: usize = 8192;
 /// Records committed in one transaction at most.
 const MAX_BATCH: usize = 1024;
+/// How often the background checkpointer folds the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 struct Job {
     record: AuditRecord,
@@ -45,11 +48,42 @@ struct Job {
     reply: oneshot::Sender<Result<u64, AuditError>>,
 }
 
+/// The one connection that writes, and the chain's head.
+struct Writer {
+    conn: Connection,
+    seq: u64,
+    hash: String,
+}
+
+struct Shared {
+    queue: Mutex<Vec<Job>>,
+    writer: Mutex<Writer>,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 /// A SQLite audit log. Cloning is cheap; all clones share one writer.
+///
+/// Group commit without a writer thread: an append queues its record and,
+/// if no commit is under way, becomes the leader and commits everything
+/// queued in one transaction; appends that arrive meanwhile wait for the
+/// next leader round. A background thread checkpoints the WAL so that
+/// commits never pay for it.
 #[derive(Debug, Clone)]
 pub struct SqliteAudit {
     path: PathBuf,
-    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 const SCHEMA: &str = "
@@ -102,6 +136,8 @@ impl SqliteAudit {
             },
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Checkpoints run on their own connection (below), not in commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
         let head: Option<(u64, String)> = conn
             .query_row(
@@ -110,13 +146,14 @@ impl SqliteAudit {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let (last_seq, last_hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
-        let (tx, rx) = mpsc::channel(QUEUE);
-        thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer(conn, rx, last_seq, last_hash))
-            .map_err(|_| AuditError::WriterStopped)?;
-        Ok(Self { path, tx })
+        let (seq, hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(Writer { conn, seq, hash }),
+            stop: AtomicBool::new(false),
+        });
+        spawn_checkpointer(&path, Arc::downgrade(&shared))?;
+        Ok(Self { path, shared })
     }
 
     /// Parses `sqlite:PATH` (or a bare path).
@@ -140,19 +177,90 @@ impl SqliteAudit {
         record: AuditRecord,
         once: bool,
     ) -> BoxFuture<'static, Result<u64, AuditError>> {
-        let tx = self.tx.clone();
-        Box::pin(async move {
-            let (reply, done) = oneshot::channel();
-            tx.send(Job {
-                record,
-                once,
-                reply,
-            })
-            .await
-            .map_err(|_| AuditError::WriterStopped)?;
-            done.await.map_err(|_| AuditError::WriterStopped)?
-        })
+        let (reply, done) = oneshot::channel();
+        lock(&self.shared.queue).push(Job {
+            record,
+            once,
+            reply,
+        });
+        self.shared.lead();
+        Box::pin(async move { done.await.map_err(|_| AuditError::WriterStopped)? })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Commits queued records while no other caller is committing. Every
+    /// queued record is committed by some leader: a leader re-checks the
+    /// queue after releasing the writer, so none is left behind.
+    fn lead(&self) {
+        loop {
+            let mut writer = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch: Vec<Job> = {
+                    let mut q = lock(&self.queue);
+                    let n = q.len().min(MAX_BATCH);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let w = &mut *writer;
+                match commit(&mut w.conn, &batch, w.seq, &w.hash) {
+                    Ok((seq, hash, seqs)) => {
+                        w.seq = seq;
+                        w.hash = hash;
+                        for (job, s) in batch.into_iter().zip(seqs) {
+                            let _ = job.reply.send(Ok(s));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, records = batch.len(), "audit group commit failed");
+                        let msg = e.to_string();
+                        for job in batch {
+                            let _ = job.reply.send(Err(AuditError::Commit(msg.clone())));
+                        }
+                    }
+                }
+            }
+            drop(writer);
+            if lock(&self.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Folds the WAL into the database file every so often, on a connection
+/// of its own, so that commits never stall on a checkpoint.
+fn spawn_checkpointer(path: &Path, shared: std::sync::Weak<Shared>) -> Result<(), AuditError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_millis(100))?;
+    thread::Builder::new()
+        .name("audit-checkpoint".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(CHECKPOINT_EVERY);
+                match shared.upgrade() {
+                    Some(s) if !s.stop.load(Ordering::Acquire) => {}
+                    _ => break,
+                }
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "audit checkpoint skipped");
+                }
+            }
+            // A final full checkpoint once the log is closed.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        })
+        .map_err(|_| AuditError::WriterStopped)?;
+    Ok(())
 }
 
 impl AuditStore for SqliteAudit {
@@ -162,35 +270,6 @@ impl AuditStore for SqliteAudit {
 
     fn append_once(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
         self.submit(record, true)
-    }
-}
-
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, mut seq: u64, mut hash: String) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        match commit(&mut conn, &batch, seq, &hash) {
-            Ok((new_seq, new_hash, seqs)) => {
-                for (job, s) in batch.drain(..).zip(seqs) {
-                    let _ = job.reply.send(Ok(s));
-                }
-                seq = new_seq;
-                hash = new_hash;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "audit group commit failed");
-                let msg = e.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(AuditError::Commit(msg.clone())));
-                }
-            }
-        }
     }
 }
 

@@ -10,7 +10,8 @@ use std::str::FromStr;
 
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+    PolicySet, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode,
+    Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -51,6 +52,23 @@ pub(crate) struct PolicyInfo {
     pub(crate) reason: Option<String>,
 }
 
+/// The policies of one action: those whose resource scope names one
+/// resource exactly (`resource == R`) are only handed to Cedar for R.
+#[derive(Debug, Default)]
+pub(crate) struct ActionIndex {
+    /// Policies whose resource scope is not a single resource.
+    pub(crate) general: PolicySet,
+    /// For each resource named with `==`: `general` plus those policies.
+    pub(crate) by_resource: HashMap<EntityUid, PolicySet>,
+}
+
+impl ActionIndex {
+    /// The policies that can apply to `resource`.
+    pub(crate) fn slice(&self, resource: &EntityUid) -> &PolicySet {
+        self.by_resource.get(resource).unwrap_or(&self.general)
+    }
+}
+
 /// An entity from `entities.json`, with its ancestors flattened.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredEntity {
@@ -77,8 +95,9 @@ pub struct Bundle {
     pub(crate) files: Vec<BundleFile>,
     pub(crate) policies: HashMap<PolicyId, PolicyInfo>,
     pub(crate) policy_count: usize,
-    /// Policies that can apply, per action (the index handed to Cedar).
-    pub(crate) by_action: HashMap<String, PolicySet>,
+    /// Policies that can apply, per action and resource (the index that
+    /// decides what Cedar evaluates).
+    pub(crate) by_action: HashMap<String, ActionIndex>,
     pub(crate) entities: HashMap<EntityUid, StoredEntity>,
     pub(crate) input_fields: Vec<(String, FieldType)>,
     pub(crate) metadata_fields: Vec<(String, FieldType)>,
@@ -425,26 +444,22 @@ pub(crate) fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
 
-/// Slices the policy set by action scope. A policy lands in an action's
-/// slice when its action scope is unconstrained or names that action; a
-/// scope naming any action group Gatehouse does not know lands everywhere,
-/// so slicing never drops a policy that could apply.
-fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, PolicySet> {
+/// Slices the policy set by action scope, then by exact resource scope. A
+/// policy lands in an action's slice when its action scope is unconstrained
+/// or names that action; a scope naming an action group Gatehouse does not
+/// know lands everywhere. Within an action, a `resource == R` policy is
+/// only in R's slice; every other policy is in every slice. So slicing
+/// never drops a policy that could apply.
+fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, ActionIndex> {
     let known: BTreeMap<EntityUid, &str> = ACTIONS
         .iter()
         .map(|a| (uid(&types.action, a), *a))
         .collect();
-    let mut out: HashMap<String, PolicySet> = ACTIONS
-        .iter()
-        .map(|a| ((*a).to_owned(), PolicySet::new()))
-        .collect();
+    let mut per_action: HashMap<&str, Vec<&Policy>> = HashMap::new();
     for p in all {
         let targets: Vec<&str> = match p.action_constraint() {
             ActionConstraint::Any => ACTIONS.to_vec(),
-            ActionConstraint::Eq(a) => match known.get(&a) {
-                Some(name) => vec![*name],
-                None => Vec::new(),
-            },
+            ActionConstraint::Eq(a) => known.get(&a).copied().into_iter().collect(),
             ActionConstraint::In(list) => {
                 if list.iter().all(|a| known.contains_key(a)) {
                     list.iter().filter_map(|a| known.get(a).copied()).collect()
@@ -454,11 +469,32 @@ fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, PolicyS
             }
         };
         for t in targets {
-            if let Some(set) = out.get_mut(t) {
-                // Ids are unique in the bundle, so adding cannot fail.
-                let _ = set.add(p.clone());
-            }
+            per_action.entry(t).or_default().push(p);
         }
     }
-    out
+    ACTIONS
+        .iter()
+        .map(|action| {
+            let policies = per_action.remove(action).unwrap_or_default();
+            let mut index = ActionIndex::default();
+            let mut exact: HashMap<EntityUid, Vec<&Policy>> = HashMap::new();
+            for p in &policies {
+                match p.resource_constraint() {
+                    ResourceConstraint::Eq(r) => exact.entry(r).or_default().push(p),
+                    _ => {
+                        // Ids are unique in the bundle, so adding cannot fail.
+                        let _ = index.general.add((*p).clone());
+                    }
+                }
+            }
+            for (resource, extra) in exact {
+                let mut set = index.general.clone();
+                for p in extra {
+                    let _ = set.add(p.clone());
+                }
+                index.by_resource.insert(resource, set);
+            }
+            ((*action).to_owned(), index)
+        })
+        .collect()
 }

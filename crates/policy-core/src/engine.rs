@@ -60,16 +60,21 @@ impl Bundle {
                 format!("metadata key `{key}` is reserved: Gatehouse takes it from the principal"),
             );
         }
-        let Some(slice) = self.by_action.get(action) else {
+        let Some(index) = self.by_action.get(action) else {
             return deny(
                 ReasonCode::UnknownEvent,
                 format!("no such action `{action}`"),
             );
         };
+        let request = self.request(event, action);
+        let slice = match &request {
+            Ok((req, _)) => req.resource().map_or(&index.general, |r| index.slice(r)),
+            Err(_) => &index.general,
+        };
         let mut considered: Vec<String> = slice.policies().map(|p| p.id().to_string()).collect();
         considered.sort();
 
-        let request = match self.request(event, action) {
+        let request = match request {
             Ok(r) => r,
             Err(reason) => {
                 return Explanation {
@@ -611,11 +616,25 @@ when { resource.is_mcp && resource has server && resource.server == "github" };
     #[test]
     fn slicing_by_action_gives_the_same_decision_as_the_whole_set() {
         let b = bundle(&[("base.cedar", BASE)]);
-        for cmd in ["ls", "rm -rf /", "git push", "git push --force"] {
-            let e = bash("alice", cmd);
+        for (tool, cmd) in [
+            ("Bash", "ls"),
+            ("Bash", "rm -rf /"),
+            ("Bash", "git push"),
+            ("Bash", "git push --force"),
+            ("Read", "git push"),
+            ("Edit", "rm -rf /"),
+        ] {
+            let mut e = bash("alice", cmd);
+            if let EventKind::PreToolUse { tool_name, .. } = &mut e.kind {
+                *tool_name = tool.into();
+            }
             let (req, entities) = b.request(&e, "call_tool").unwrap_or_else(|e| panic!("{e}"));
             let mut all = cedar_policy::PolicySet::new();
-            for set in b.by_action.values() {
+            let sets = b
+                .by_action
+                .values()
+                .flat_map(|i| std::iter::once(&i.general).chain(i.by_resource.values()));
+            for set in sets {
                 for p in set.policies() {
                     if all.policy(p.id()).is_none() {
                         all.add(p.clone()).unwrap_or_else(|e| panic!("{e}"));

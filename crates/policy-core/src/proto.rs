@@ -47,6 +47,28 @@ fn usage_to(u: &Usage) -> v1::Usage {
     }
 }
 
+/// The stable name of a wire event's kind (`unknown` when unset), without
+/// converting its payload.
+pub fn kind_name(e: &v1::HookEvent) -> &'static str {
+    use v1::hook_event::Kind;
+    match &e.kind {
+        None => "unknown",
+        Some(Kind::PreToolUse(_)) => "pre_tool_use",
+        Some(Kind::PostToolUse(_)) => "post_tool_use",
+        Some(Kind::UserPrompt(_)) => "user_prompt",
+        Some(Kind::ModelRequest(_)) => "model_request",
+        Some(Kind::ModelResponse(_)) => "model_response",
+        Some(Kind::MemorySearch(_)) => "memory_search",
+        Some(Kind::MemoryIngest(_)) => "memory_ingest",
+        Some(Kind::MemoryCompaction(_)) => "memory_compaction",
+        Some(Kind::BackgroundTaskStart(_)) => "background_task_start",
+        Some(Kind::BackgroundTaskFinish(_)) => "background_task_finish",
+        Some(Kind::Install(_)) => "install",
+        Some(Kind::SessionStart(_)) => "session_start",
+        Some(Kind::SessionEnd(_)) => "session_end",
+    }
+}
+
 /// Converts a wire event. A kind that is unset (or unknown to this build)
 /// becomes [`EventKind::Unknown`], which evaluation denies.
 pub fn event_from_proto(e: &v1::HookEvent) -> Result<Event, InvalidEvent> {

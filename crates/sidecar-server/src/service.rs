@@ -109,7 +109,7 @@ impl Inner {
                 (event, d)
             }
         };
-        let kind_name = wire_kind_name(wire);
+        let kind_name = policy_core::proto::kind_name(wire);
         let record = AuditRecord {
             time_ms: now_ms(),
             record_kind: "decision".into(),
@@ -275,26 +275,6 @@ fn fill_from_peer(event: &mut Event, p: &Peer) {
     }
     for (k, v) in &p.metadata {
         event.metadata.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-}
-
-fn wire_kind_name(e: &HookEvent) -> &'static str {
-    match event_from_proto(&HookEvent {
-        kind: e.kind.clone().map(strip_payload),
-        ..HookEvent::default()
-    }) {
-        Ok(ev) => ev.kind.name(),
-        Err(_) => "unknown",
-    }
-}
-
-/// Drops the JSON payloads so naming a kind never fails on bad JSON.
-fn strip_payload(k: v1::hook_event::Kind) -> v1::hook_event::Kind {
-    use v1::hook_event::Kind;
-    match k {
-        Kind::PreToolUse(_) => Kind::PreToolUse(v1::PreToolUse::default()),
-        Kind::PostToolUse(_) => Kind::PostToolUse(v1::PostToolUse::default()),
-        other => other,
     }
 }
 

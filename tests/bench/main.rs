@@ -1,0 +1,383 @@
+//! `cargo xtask bench`: decision latency and throughput on every path, in
+//! one run, written to `docs/benchmarks.md`. Client and server share this
+//! machine (and its cores), as in the loopback deployment.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::{TestServer, workspace_root};
+use hook_proto::v1;
+use policy_core::proto::event_to_proto;
+use policy_core::{Bundle, BundleFile, Event, EventKind};
+use sidecar_client::{Client, ClientConfig, DecidedBy, SessionInfo, SpoolConfig};
+
+struct Row {
+    name: String,
+    n: usize,
+    lat: Vec<Duration>,
+    wall: Duration,
+    note: String,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn event(i: usize) -> Event {
+    let (tool, input) = match i % 5 {
+        0 => (
+            "Bash",
+            serde_json::json!({"command": "cargo test --workspace"}),
+        ),
+        1 => ("Bash", serde_json::json!({"command": "rm -rf /tmp/build"})),
+        2 => ("Read", serde_json::json!({"file_path": "/repo/src/lib.rs"})),
+        3 => (
+            "Bash",
+            serde_json::json!({"command": "git push origin main"}),
+        ),
+        _ => (
+            "Edit",
+            serde_json::json!({"file_path": "/repo/a.rs", "old_string": "a", "new_string": "b"}),
+        ),
+    };
+    Event {
+        event_id: String::new(),
+        agent_id: "bench-agent".into(),
+        session_id: "bench".into(),
+        runtime: "bench".into(),
+        metadata: Default::default(),
+        kind: EventKind::PreToolUse {
+            tool_name: tool.into(),
+            input,
+            tool_use_id: format!("t{i}"),
+            cwd: "/repo".into(),
+        },
+    }
+}
+
+/// A bundle of `n` policies: 90% scoped to one of 100 tools, 10% general.
+fn generated_bundle(n: usize) -> Vec<BundleFile> {
+    let mut text = String::from(
+        "@id(\"allow\") permit(principal, action == Gatehouse::Action::\"call_tool\", resource);\n",
+    );
+    for i in 1..n {
+        if i % 10 == 0 {
+            let _ = writeln!(
+                text,
+                "@id(\"g{i}\") forbid(principal, action == Gatehouse::Action::\"call_tool\", resource) \
+                 when {{ context.input has command && context.input.command like \"*danger{i}*\" }};"
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "@id(\"t{i}\") forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+                 resource == Gatehouse::Tool::\"tool{}\") when {{ context.input has command && \
+                 context.input.command like \"*x{i}*\" }};",
+                i % 100
+            );
+        }
+    }
+    vec![BundleFile {
+        path: "generated.cedar".into(),
+        content: text,
+    }]
+}
+
+fn in_process(name: &str, bundle: &Bundle, n: usize) -> Row {
+    let events: Vec<Event> = (0..n).map(event).collect();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for e in &events {
+        let t = Instant::now();
+        std::hint::black_box(bundle.evaluate(e));
+        lat.push(t.elapsed());
+    }
+    Row {
+        name: name.into(),
+        n,
+        lat,
+        wall: start.elapsed(),
+        note: format!("{} policies", bundle.policy_count()),
+    }
+}
+
+fn session(client: &Client, i: usize) -> sidecar_client::Session {
+    client.open_session(SessionInfo {
+        agent_id: "bench-agent".into(),
+        session_id: format!("bench-{i}"),
+        runtime: "bench".into(),
+        metadata: Default::default(),
+    })
+}
+
+async fn stream_bench(
+    name: &str,
+    url: &str,
+    streams: usize,
+    per_stream_in_flight: usize,
+    n: usize,
+) -> anyhow::Result<Row> {
+    let client = Client::new(ClientConfig {
+        server: Some(url.to_owned()),
+        default_deadline: Duration::from_secs(2),
+        max_in_flight: 1024,
+        ..ClientConfig::default()
+    })?;
+    let mut sessions = Vec::new();
+    for i in 0..streams {
+        let s = Arc::new(session(&client, i));
+        anyhow::ensure!(
+            s.wait_connected(Duration::from_secs(5)).await,
+            "stream did not open"
+        );
+        sessions.push(s);
+    }
+    let workers = streams * per_stream_in_flight;
+    let per_worker = n / workers;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let s = sessions[w % streams].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_worker);
+            let mut local = 0usize;
+            for i in 0..per_worker {
+                let e = event(w * per_worker + i);
+                let t = Instant::now();
+                let d = s.decide(e).await;
+                lat.push(t.elapsed());
+                if d.decided_by != DecidedBy::Server {
+                    local += 1;
+                }
+            }
+            (lat, local)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut local = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        local += f;
+    }
+    let wall = start.elapsed();
+    Ok(Row {
+        name: name.into(),
+        n: lat.len(),
+        lat,
+        wall,
+        note: if local == 0 {
+            String::new()
+        } else {
+            format!("{local} decided locally")
+        },
+    })
+}
+
+async fn unary_bench(name: &str, url: &str, concurrency: usize, n: usize) -> anyhow::Result<Row> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let per = n / concurrency;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut c = v1::hook_service_client::HookServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let mut e = event_to_proto(&event(w * per + i));
+                e.correlation_id = format!("{w}-{i}");
+                e.event_id = format!("u-{w}-{i}");
+                let t = Instant::now();
+                let r = c.evaluate(e).await;
+                lat.push(t.elapsed());
+                if r.is_err() {
+                    return Err(anyhow::anyhow!("unary call failed"));
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(Row {
+        name: name.into(),
+        n: lat.len(),
+        wall: start.elapsed(),
+        lat,
+        note: String::new(),
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(String::new(), |kb| format!(", {} GiB", kb / 1024 / 1024));
+    format!("{cpu}, {cores} cores{mem}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let quickstart =
+        sidecar_server::read_bundle_dir(&workspace_root().join("examples/quickstart"))?;
+    let mut rows = Vec::new();
+
+    let qs = Bundle::load(quickstart.clone())?;
+    rows.push(in_process("in-process, quickstart", &qs, 50_000 / scale));
+    for n in [50, 500] {
+        let b = Bundle::load(generated_bundle(n))?;
+        rows.push(in_process(
+            &format!("in-process, {n} policies"),
+            &b,
+            50_000 / scale,
+        ));
+    }
+
+    let dir = tempfile::tempdir()?;
+    rt.block_on(async {
+        // Local fallback: no server, bootstrap bundle, spool on.
+        let client = Client::new(ClientConfig {
+            server: None,
+            bootstrap: Some(quickstart.clone()),
+            spool: Some(SpoolConfig {
+                path: dir.path().join("spool.jsonl"),
+                max_bytes: 1 << 30,
+            }),
+            ..ClientConfig::default()
+        })?;
+        let s = session(&client, 0);
+        let n = 20_000 / scale;
+        let mut lat = Vec::with_capacity(n);
+        let start = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            std::hint::black_box(s.decide(event(i)).await);
+            lat.push(t.elapsed());
+        }
+        rows.push(Row {
+            name: "local fallback (spool on)".into(),
+            n,
+            wall: start.elapsed(),
+            lat,
+            note: "quickstart".into(),
+        });
+
+        let server =
+            TestServer::start(&workspace_root().join("examples/quickstart"), |_| {}).await?;
+        let url = server.url();
+        let n = 20_000 / scale;
+        rows.push(stream_bench("stream, 1 stream, sequential", &url, 1, 1, n / 2).await?);
+        rows.push(unary_bench("unary, sequential", &url, 1, n / 2).await?);
+        rows.push(stream_bench("stream, 1 stream, 64 in flight", &url, 1, 64, n * 2).await?);
+        rows.push(unary_bench("unary, 64 concurrent", &url, 64, n * 2).await?);
+        rows.push(stream_bench("stream, 100 streams", &url, 100, 1, n * 2).await?);
+        rows.push(unary_bench("unary, 100 concurrent", &url, 100, n * 2).await?);
+        server.stop().await?;
+        anyhow::Ok(())
+    })?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench` (release build). One run; latency in microseconds."
+    );
+    let _ = writeln!(md, "Machine: {}.", machine());
+    let _ = writeln!(
+        md,
+        "Client and server run in one process on loopback and share the cores."
+    );
+    let _ = writeln!(
+        md,
+        "Remote rows include the durable audit (SQLite WAL, `synchronous=NORMAL`, group commit).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| path | events | p50 µs | p99 µs | p99.9 µs | decisions/s | note |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    for r in &mut rows {
+        r.lat.sort();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.0} | {} |",
+            r.name,
+            r.n,
+            us(pct(&r.lat, 0.5)),
+            us(pct(&r.lat, 0.99)),
+            us(pct(&r.lat, 0.999)),
+            r.n as f64 / r.wall.as_secs_f64(),
+            r.note
+        );
+    }
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    if let (Some(s), Some(u)) = (
+        find("stream, 1 stream, sequential"),
+        find("unary, sequential"),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nSequential, stream vs unary: p50 {} vs {} µs, p99 {} vs {} µs.",
+            us(pct(&s.lat, 0.5)),
+            us(pct(&u.lat, 0.5)),
+            us(pct(&s.lat, 0.99)),
+            us(pct(&u.lat, 0.99))
+        );
+    }
+    if let (Some(s), Some(u)) = (find("stream, 100 streams"), find("unary, 100 concurrent")) {
+        let ts = s.n as f64 / s.wall.as_secs_f64();
+        let tu = u.n as f64 / u.wall.as_secs_f64();
+        let _ = writeln!(
+            md,
+            "At 100-way concurrency the streams carry {:.2}x the unary throughput.",
+            ts / tu
+        );
+    }
+    if let (Some(a), Some(b)) = (
+        find("in-process, 50 policies"),
+        find("in-process, 500 policies"),
+    ) {
+        let _ = writeln!(
+            md,
+            "In-process p99 grows {:.2}x from 50 to 500 policies (90% of them scoped to one tool).",
+            pct(&b.lat, 0.99).as_secs_f64() / pct(&a.lat, 0.99).as_secs_f64().max(1e-9)
+        );
+    }
+    print!("{md}");
+    if !quick {
+        std::fs::write(workspace_root().join("docs/benchmarks.md"), md)?;
+    }
+    Ok(())
+}
