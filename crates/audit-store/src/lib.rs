@@ -11,6 +11,7 @@
 mod error;
 mod record;
 mod sqlite;
+mod state;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use std::pin::Pin;
 pub use self::error::AuditError;
 pub use self::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport};
 pub use self::sqlite::{Durability, SqliteAudit, query, verify};
+pub use self::state::SqliteState;
 
 /// A boxed future returned by [`AuditStore`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -15,6 +15,7 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::config::{BundleConfig, CONFIG_FILE};
 use crate::error::{BundleError, Diagnostic, from_miette};
 use crate::event::ACTIONS;
 
@@ -102,6 +103,7 @@ pub struct Bundle {
     pub(crate) input_fields: Vec<(String, FieldType)>,
     pub(crate) metadata_fields: Vec<(String, FieldType)>,
     pub(crate) types: TypeNames,
+    pub(crate) config: BundleConfig,
     pub(crate) warnings: Vec<Diagnostic>,
 }
 
@@ -119,7 +121,24 @@ impl Bundle {
             Some(f) => (f.path.as_str(), f.content.as_str()),
             None => ("<builtin>/schema.cedarschema", BUILTIN_SCHEMA),
         };
-        let compiled = compile_schema(schema_file, schema_text, &mut diags);
+        // bundle.toml first: the schema includes the matchers it declares.
+        let config = match files.iter().find(|f| f.path == CONFIG_FILE) {
+            Some(f) => match crate::config::parse(&f.content) {
+                Ok((config, w)) => {
+                    warnings.extend(w);
+                    config
+                }
+                Err(errs) => {
+                    diags.extend(errs);
+                    BundleConfig::default()
+                }
+            },
+            None => BundleConfig {
+                max_limit_keys: crate::config::DEFAULT_MAX_LIMIT_KEYS,
+                ..BundleConfig::default()
+            },
+        };
+        let compiled = compile_schema(schema_file, schema_text, &config, &mut diags);
 
         // Policies, each re-keyed by its @id.
         let mut policies = HashMap::new();
@@ -130,6 +149,7 @@ impl Bundle {
         }
         for file in &files {
             let known = file.path.ends_with(".cedar")
+                || file.path == CONFIG_FILE
                 || file.path == SCHEMA_FILE
                 || file.path == ENTITIES_FILE
                 || file.path.ends_with(".md")
@@ -211,6 +231,7 @@ impl Bundle {
             input_fields,
             metadata_fields,
             types,
+            config,
             warnings,
         })
     }
@@ -267,6 +288,7 @@ fn locate<'a>(files: &'a [BundleFile], info: Option<&PolicyInfo>) -> (String, &'
 fn compile_schema(
     file: &str,
     text: &str,
+    config: &BundleConfig,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(Schema, serde_json::Value)> {
     let fragment = match SchemaFragment::from_cedarschema_str(text) {
@@ -276,17 +298,26 @@ fn compile_schema(
             return None;
         }
     };
-    let schema = match Schema::from_cedarschema_str(text) {
-        Ok((schema, _warnings)) => schema,
+    let json = match fragment.to_json_value() {
+        Ok(json) => json,
         Err(e) => {
-            diags.push(from_miette(file, text, &e, "schema: "));
+            diags.push(whole_file(file, format!("schema: {e}")));
             return None;
         }
     };
-    match fragment.to_json_value() {
-        Ok(json) => Some((schema, json)),
+    let (main, _) = SchemaFragment::from_cedarschema_str(text).ok()?;
+    let generated = crate::config::matchers_schema(config);
+    let matchers = match SchemaFragment::from_cedarschema_str(&generated) {
+        Ok((f, _)) => f,
         Err(e) => {
-            diags.push(whole_file(file, format!("schema: {e}")));
+            diags.push(whole_file(CONFIG_FILE, format!("matchers: {e}")));
+            return None;
+        }
+    };
+    match Schema::from_schema_fragments([main, matchers]) {
+        Ok(schema) => Some((schema, json)),
+        Err(e) => {
+            diags.push(from_miette(file, text, &e, "schema: "));
             None
         }
     }

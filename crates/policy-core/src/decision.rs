@@ -49,6 +49,16 @@ pub enum ReasonCode {
     PrincipalMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
     AuditUnavailable,
+    /// A rate limit refused the event (see `retry_after_ms`).
+    RateLimited,
+    /// A budget has no room for the event's estimate.
+    BudgetExceeded,
+    /// The limit key table is full; new keys fail closed.
+    LimitKeysExhausted,
+    /// The agent or session is revoked.
+    Revoked,
+    /// A human granted what a policy would have asked about.
+    Granted,
     /// A client had to decide locally and had no bundle: the fail mode
     /// decided.
     NoBundle,
@@ -71,6 +81,11 @@ impl ReasonCode {
             Self::ReservedMetadataKey => "reserved_metadata_key",
             Self::PrincipalMismatch => "principal_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::LimitKeysExhausted => "limit_keys_exhausted",
+            Self::Revoked => "revoked",
+            Self::Granted => "granted",
             Self::NoBundle => "no_bundle",
             Self::StaleBundle => "stale_bundle",
         }
@@ -97,6 +112,12 @@ pub struct Decision {
     pub errors: Vec<String>,
     /// Content hash of the bundle the event was evaluated against.
     pub bundle_hash: String,
+    /// For `rate_limited`: when to retry, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// For ASK: the id a human grants (`gatehouse grant ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl Decision {
@@ -110,6 +131,8 @@ impl Decision {
             policies: Vec::new(),
             errors: Vec::new(),
             bundle_hash: bundle_hash.to_owned(),
+            retry_after_ms: None,
+            approval_id: None,
         }
     }
 }

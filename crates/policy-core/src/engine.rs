@@ -20,25 +20,50 @@ pub const RESERVED_METADATA_KEYS: [&str; 1] = ["agent_id"];
 pub struct Explanation {
     /// The Cedar action, or `None` when the event never reached Cedar.
     pub action: Option<String>,
-    /// Every policy handed to Cedar for this event's action, in id order.
+    /// Every policy handed to Cedar for this event (the index's slice for
+    /// its action and resource), in id order.
     pub considered: Vec<String>,
+    /// Permits whose conditions held (even when a forbid won).
+    pub matched_permits: Vec<String>,
+    /// Un-annotated forbids whose conditions held.
+    pub matched_forbids: Vec<String>,
+    /// `@ask` forbids whose conditions held.
+    pub matched_asks: Vec<String>,
+    /// Policies that failed to evaluate, with the error.
+    pub errored: Vec<(String, String)>,
     pub decision: Decision,
 }
 
+/// What happened before Cedar answered: either a decision already, or the
+/// request and the policies to hand it.
+enum Prepared<'a> {
+    Decided(Decision),
+    Ready {
+        slice: &'a cedar_policy::PolicySet,
+        req: Request,
+        entities: Entities,
+    },
+}
+
 impl Bundle {
-    /// Decides one event. Never panics and never returns an error: every
-    /// failure is a DENY with a reason code.
+    /// Decides one event with Cedar and Gatehouse's ask and error
+    /// semantics (no revocations, grants or limits: see `decide`). Never
+    /// panics and never returns an error: every failure is a DENY with a
+    /// reason code.
     pub fn evaluate(&self, event: &Event) -> Decision {
-        self.explain(event).decision
+        match self.prepare(event) {
+            Prepared::Decided(d) => d,
+            Prepared::Ready {
+                slice,
+                req,
+                entities,
+            } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
+        }
     }
 
-    /// Decides one event and reports what was considered.
-    pub fn explain(&self, event: &Event) -> Explanation {
-        let deny = |code, reason: String| Explanation {
-            action: event.kind.action().map(str::to_owned),
-            considered: Vec::new(),
-            decision: Decision::deny(code, reason, &self.hash),
-        };
+    fn prepare(&self, event: &Event) -> Prepared<'_> {
+        let deny =
+            |code, reason: String| Prepared::Decided(Decision::deny(code, reason, &self.hash));
         let Some(action) = event.kind.action() else {
             return deny(
                 ReasonCode::UnknownEvent,
@@ -66,32 +91,87 @@ impl Bundle {
                 format!("no such action `{action}`"),
             );
         };
-        let request = self.request(event, action);
-        let slice = match &request {
-            Ok((req, _)) => req.resource().map_or(&index.general, |r| index.slice(r)),
-            Err(_) => &index.general,
-        };
-        let mut considered: Vec<String> = slice.policies().map(|p| p.id().to_string()).collect();
-        considered.sort();
-
-        let request = match request {
-            Ok(r) => r,
-            Err(reason) => {
-                return Explanation {
-                    action: Some(action.to_owned()),
-                    considered,
-                    decision: Decision::deny(ReasonCode::MalformedEvent, reason, &self.hash),
-                };
-            }
-        };
-        let (req, entities) = request;
-        let response = Authorizer::new().is_authorized(&req, slice, &entities);
-        let decision = self.interpret(&response);
-        Explanation {
-            action: Some(action.to_owned()),
-            considered,
-            decision,
+        match self.request(event, action) {
+            Ok((req, entities)) => Prepared::Ready {
+                slice: req.resource().map_or(&index.general, |r| index.slice(r)),
+                req,
+                entities,
+            },
+            Err(reason) => deny(ReasonCode::MalformedEvent, reason),
         }
+    }
+
+    /// Decides one event and reports what was considered and what matched.
+    pub fn explain(&self, event: &Event) -> Explanation {
+        let mut out = Explanation {
+            action: event.kind.action().map(str::to_owned),
+            considered: Vec::new(),
+            matched_permits: Vec::new(),
+            matched_forbids: Vec::new(),
+            matched_asks: Vec::new(),
+            errored: Vec::new(),
+            decision: Decision::deny(ReasonCode::PolicyError, "", &self.hash),
+        };
+        let (slice, req, entities) = match self.prepare(event) {
+            Prepared::Decided(d) => {
+                out.decision = d;
+                return out;
+            }
+            Prepared::Ready {
+                slice,
+                req,
+                entities,
+            } => (slice, req, entities),
+        };
+        out.considered = slice.policies().map(|p| p.id().to_string()).collect();
+        out.considered.sort();
+        let response = Authorizer::new().is_authorized(&req, slice, &entities);
+        out.decision = self.interpret(&response);
+        // Each policy alone: which held, which errored (Cedar reports only
+        // the policies of the winning effect).
+        for p in slice.policies() {
+            let mut one = cedar_policy::PolicySet::new();
+            if one.add(p.clone()).is_err() {
+                continue;
+            }
+            let r = Authorizer::new().is_authorized(&req, &one, &entities);
+            let id = p.id().to_string();
+            if let Some(e) = r.diagnostics().errors().next() {
+                out.errored.push((id, e.to_string()));
+                continue;
+            }
+            if r.diagnostics().reason().next().is_none() {
+                continue;
+            }
+            match self.policies.get(p.id()) {
+                Some(i) if i.effect == Effect::Permit => out.matched_permits.push(id),
+                Some(i) if i.ask => out.matched_asks.push(id),
+                _ => out.matched_forbids.push(id),
+            }
+        }
+        for v in [
+            &mut out.matched_permits,
+            &mut out.matched_forbids,
+            &mut out.matched_asks,
+        ] {
+            v.sort();
+        }
+        out.errored.sort();
+        out
+    }
+
+    /// The `@reason` of a policy, if it has one.
+    pub fn policy_reason(&self, id: &str) -> Option<&str> {
+        self.policies
+            .get(&PolicyId::new(id))
+            .and_then(|i| i.reason.as_deref())
+    }
+
+    /// The file a policy comes from.
+    pub fn policy_file(&self, id: &str) -> Option<&str> {
+        self.policies
+            .get(&PolicyId::new(id))
+            .map(|i| i.file.as_str())
     }
 
     fn interpret(&self, response: &cedar_policy::Response) -> Decision {
@@ -117,6 +197,8 @@ impl Bundle {
                 policies: ids,
                 errors: errors.into_iter().map(|(_, msg)| msg).collect(),
                 bundle_hash: self.hash.clone(),
+                retry_after_ms: None,
+                approval_id: None,
             };
         }
         let mut reasons: Vec<&PolicyId> = diags.reason().collect();
@@ -141,6 +223,8 @@ impl Bundle {
                 policies: ids.iter().map(ToString::to_string).collect(),
                 errors: Vec::new(),
                 bundle_hash: self.hash.clone(),
+                retry_after_ms: None,
+                approval_id: None,
             }
         };
         match response.decision() {
@@ -309,6 +393,21 @@ impl Bundle {
                 .collect(),
         );
         pairs.push(("metadata".into(), record(&self.metadata_fields, &metadata)?));
+        let matchers = self.config.matchers.iter().map(|m| {
+            let value = if m.field == "agent_id" {
+                Some(event.agent_id.as_str())
+            } else {
+                event.metadata.get(&m.field).map(String::as_str)
+            };
+            (
+                m.name.clone(),
+                RestrictedExpression::new_bool(m.matches(value)),
+            )
+        });
+        pairs.push((
+            "matchers".into(),
+            RestrictedExpression::new_record(matchers).map_err(|e| e.to_string())?,
+        ));
         let empty = serde_json::Value::Null;
         let mut cwd = "";
         let mut input = &empty;

@@ -313,6 +313,22 @@ pub fn decision_to_proto(
         decided_by: decided_by.into(),
         bundle_hash: d.bundle_hash.clone(),
         audit_seq,
+        retry_after_ms: d.retry_after_ms.unwrap_or(0),
+        approval_id: d.approval_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn revocations_to_proto(r: &crate::Revocations) -> v1::Revocations {
+    v1::Revocations {
+        agents: r.agents.iter().cloned().collect(),
+        sessions: r.sessions.iter().cloned().collect(),
+    }
+}
+
+pub fn revocations_from_proto(r: &v1::Revocations) -> crate::Revocations {
+    crate::Revocations {
+        agents: r.agents.iter().cloned().collect(),
+        sessions: r.sessions.iter().cloned().collect(),
     }
 }
 

@@ -64,6 +64,10 @@ pub struct ClientDecision {
     /// The server's audit sequence number (0 for local decisions, which
     /// reach the audit through the spool).
     pub audit_seq: u64,
+    /// For `rate_limited`: when to retry.
+    pub retry_after_ms: Option<u64>,
+    /// For ASK: the id to grant (`gatehouse grant`).
+    pub approval_id: Option<String>,
 }
 
 impl ClientDecision {

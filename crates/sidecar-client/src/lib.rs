@@ -30,7 +30,7 @@ pub use self::decision::{ClientDecision, DecidedBy, FallbackCause};
 pub use self::hooks::{GatehouseHook, HookChain, HookOutcome, ToolCall, ToolHook, ToolResult};
 pub use self::session::{Session, SessionInfo};
 pub use bundle_dir::{BundleDirError, read_bundle_dir};
-pub use policy_core::{BundleFile, Event, EventKind, Usage, Verdict};
+pub use policy_core::{BundleFile, Event, EventKind, Revocations, Usage, Verdict};
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,10 @@ struct ClientInner {
     config: ClientConfig,
     channel: Option<Channel>,
     bundle: RwLock<Option<Arc<BundleState>>>,
+    /// Revocations the server pushed; they hold in the fallback too.
+    revocations: RwLock<policy_core::Revocations>,
+    /// The fallback's own rate-limit and budget state.
+    limits: std::sync::Mutex<policy_core::LimitState>,
     spool: Option<spool::Spool>,
     spool_dirty: tokio::sync::Notify,
     flushing: std::sync::atomic::AtomicBool,
@@ -129,6 +133,13 @@ impl ClientInner {
         {
             b.fresh_at.store(self.elapsed_ms(), Ordering::Relaxed);
         }
+    }
+
+    fn set_revocations(&self, r: policy_core::Revocations) {
+        *self
+            .revocations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
     }
 
     fn bundle_hash(&self) -> String {
@@ -170,6 +181,8 @@ impl Client {
         let inner = Arc::new(ClientInner {
             channel,
             bundle: RwLock::new(None),
+            revocations: RwLock::default(),
+            limits: std::sync::Mutex::default(),
             spool,
             spool_dirty: tokio::sync::Notify::new(),
             flushing: std::sync::atomic::AtomicBool::new(false),
@@ -193,6 +206,15 @@ impl Client {
     pub fn set_bundle(&self, files: Vec<BundleFile>) -> Result<(), ClientError> {
         self.inner.install_bundle(Bundle::load(files)?);
         Ok(())
+    }
+
+    /// The revocations the fallback enforces (as last pushed by the server).
+    pub fn revocations(&self) -> policy_core::Revocations {
+        self.inner
+            .revocations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The hash of the bundle the fallback would use, if any.

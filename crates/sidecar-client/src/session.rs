@@ -198,6 +198,8 @@ impl Shared {
             fallback_cause: None,
             bundle_hash: d.bundle_hash,
             audit_seq: d.audit_seq,
+            retry_after_ms: (d.retry_after_ms > 0).then_some(d.retry_after_ms),
+            approval_id: (!d.approval_id.is_empty()).then_some(d.approval_id),
         }
     }
 
@@ -216,8 +218,43 @@ impl Shared {
                 .is_none_or(|max| Duration::from_millis(age) <= max);
             (b, fresh)
         });
+        let revocations = c
+            .revocations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let revoked = policy_core::Bundle::revoked(&revocations, event);
         let (decision, decided_by) = match usable {
-            Some((b, true)) => (b.bundle.evaluate(event), DecidedBy::LocalFallback),
+            Some((b, true)) => {
+                let mut limits = c
+                    .limits
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let d = b.bundle.decide(
+                    event,
+                    policy_core::Controls {
+                        now_ms: u64::try_from(crate::now_ms()).unwrap_or(0),
+                        revocations: Some(&revocations),
+                        grants: None,
+                        limits: Some(&mut limits),
+                    },
+                );
+                (d, DecidedBy::LocalFallback)
+            }
+            other if revoked.is_some() => {
+                let hash = other
+                    .map(|(b, _)| b.bundle.hash().to_owned())
+                    .unwrap_or_default();
+                (
+                    fail_decision(
+                        Verdict::Deny,
+                        ReasonCode::Revoked,
+                        revoked.unwrap_or_default(),
+                        hash,
+                    ),
+                    DecidedBy::LocalFallback,
+                )
+            }
             other => {
                 let (code, why) = match &other {
                     Some(_) => (
@@ -274,6 +311,8 @@ impl Shared {
             fallback_cause: Some(cause),
             bundle_hash: decision.bundle_hash,
             audit_seq: 0,
+            retry_after_ms: decision.retry_after_ms,
+            approval_id: decision.approval_id,
         }
     }
 }
@@ -291,6 +330,8 @@ fn fail_decision(
         policies: Vec::new(),
         errors: Vec::new(),
         bundle_hash,
+        retry_after_ms: None,
+        approval_id: None,
     }
 }
 
@@ -381,6 +422,10 @@ impl Shared {
             Some(b) => self.install(&b),
             None => self.client.confirm_bundle(&welcome.bundle_hash),
         }
+        if let Some(r) = &welcome.revocations {
+            self.client
+                .set_revocations(policy_core::proto::revocations_from_proto(r));
+        }
         Ok((tx, inbound))
     }
 
@@ -456,6 +501,10 @@ impl Shared {
                 if let Some(acks) = lock(&self.acks).as_ref() {
                     let _ = acks.send(a.id);
                 }
+            }
+            Some(server_frame::Frame::Revocations(r)) => {
+                self.client
+                    .set_revocations(policy_core::proto::revocations_from_proto(&r));
             }
             Some(server_frame::Frame::Welcome(_)) | None => {}
         }
@@ -540,6 +589,8 @@ impl Shared {
                             decided_by: decided_by.into(),
                             bundle_hash: decision.bundle_hash,
                             audit_seq: 0,
+                            retry_after_ms: 0,
+                            approval_id: String::new(),
                         }),
                         event: Some(wire),
                         cause,
