@@ -39,6 +39,14 @@ pub(crate) struct ServeArgs {
     /// (SIGHUP always reloads) [default: 2000].
     #[arg(long)]
     watch_ms: Option<u64>,
+    /// Where budgets, revocations, grants and approvals persist
+    /// [default: next to the audit log, `<audit>.state.db`].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Require this bearer token on AdminService calls (revoke, grant,
+    /// explain) [default: $GATEHOUSE_ADMIN_TOKEN].
+    #[arg(long)]
+    admin_token: Option<String>,
     /// A TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -54,6 +62,8 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     watch_ms: Option<u64>,
+    state: Option<PathBuf>,
+    admin_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -104,12 +114,24 @@ impl ServeArgs {
         if let Some(ms) = self.watch_ms.or(file.watch_ms) {
             server.watch_interval = (ms > 0).then(|| Duration::from_millis(ms));
         }
+        let audit = self
+            .audit
+            .or(file.audit)
+            .unwrap_or_else(|| DEFAULT_AUDIT.to_owned());
+        let audit_path = audit_store::SqliteAudit::location(&audit)?;
+        server.state = Some(self.state.or(file.state).unwrap_or_else(|| {
+            let mut p = audit_path.clone().into_os_string();
+            p.push(".state.db");
+            PathBuf::from(p)
+        }));
+        server.admin_token = self
+            .admin_token
+            .or(file.admin_token)
+            .or_else(|| std::env::var("GATEHOUSE_ADMIN_TOKEN").ok())
+            .filter(|t| !t.is_empty());
         Ok(Settings {
             listen,
-            audit: self
-                .audit
-                .or(file.audit)
-                .unwrap_or_else(|| DEFAULT_AUDIT.to_owned()),
+            audit,
             durability,
             server,
         })

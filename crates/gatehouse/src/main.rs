@@ -3,6 +3,7 @@
 //! it must never contain decision logic of its own.
 
 mod adapters;
+mod admin_cmd;
 mod audit_cmd;
 mod config;
 mod replay;
@@ -46,6 +47,31 @@ enum Command {
     /// Decide every event of a recorded session and print one JSON
     /// decision per line.
     Replay(replay::ReplayArgs),
+    /// Show which policies were considered, which matched, which errored
+    /// and why the event gets its verdict.
+    Explain(admin_cmd::ExplainArgs),
+    /// Deny every event of an agent or session, on every stream, at once.
+    Revoke {
+        #[arg(value_enum)]
+        target: admin_cmd::RevokeTarget,
+        id: String,
+        /// Lift the revocation instead.
+        #[arg(long)]
+        restore: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: admin_cmd::Connection,
+    },
+    /// Turn an ASK's approval id into a time-limited allow.
+    Grant {
+        approval_id: String,
+        /// How long the grant lasts (30s, 10m, 2h).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        #[command(flatten)]
+        conn: admin_cmd::Connection,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +81,19 @@ fn main() -> ExitCode {
         Command::Validate { dir, json } => validate(&dir, json),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Replay(args) => replay::run(args),
+        Command::Explain(args) => admin_cmd::explain(args),
+        Command::Revoke {
+            target,
+            id,
+            restore,
+            reason,
+            conn,
+        } => admin_cmd::revoke(target, id, restore, reason, &conn),
+        Command::Grant {
+            approval_id,
+            ttl,
+            conn,
+        } => admin_cmd::grant(approval_id, &ttl, &conn),
         Command::Schema => {
             print!("{}", policy_core::BUILTIN_SCHEMA);
             Ok(ExitCode::SUCCESS)

@@ -117,7 +117,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn parse_line(line: &str, format: Format, agent: Option<&str>) -> anyhow::Result<Mapped> {
+pub(crate) fn parse_line(
+    line: &str,
+    format: Format,
+    agent: Option<&str>,
+) -> anyhow::Result<Mapped> {
     let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
     match format {
         Format::Gatehouse => {

@@ -8,6 +8,8 @@
 //! event hold back another, and never replace a valid bundle with an
 //! invalid one.
 
+mod admin;
+mod control;
 mod service;
 mod status;
 
@@ -39,6 +41,11 @@ pub struct ServerConfig {
     /// Poll the bundle directory for changes this often (SIGHUP always
     /// reloads).
     pub watch_interval: Option<Duration>,
+    /// Where budgets, revocations, grants and approvals persist. `None`
+    /// keeps them in memory only.
+    pub state: Option<PathBuf>,
+    /// When set, AdminService calls must carry `authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -49,6 +56,8 @@ impl ServerConfig {
             max_in_flight_per_stream: 1024,
             max_streams_per_connection: 1024,
             watch_interval: Some(Duration::from_secs(2)),
+            state: None,
+            admin_token: None,
         }
     }
 }
@@ -65,6 +74,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("state store: {0}")]
+    State(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -132,11 +143,19 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    let control = Arc::new(
+        control::ControlPlane::open(config.state.as_deref())
+            .map_err(|e| ServerError::State(e.to_string()))?,
+    );
     let service = service::HookSvc::new(
+        control,
         policy.clone(),
         audit,
         config.max_in_flight_per_stream,
         stop_rx,
+    );
+    let admin = hook_proto::v1::admin_service_server::AdminServiceServer::new(
+        admin::AdminSvc::new(service.inner.clone(), config.admin_token.clone()),
     );
     let hook = HookServiceServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
@@ -159,6 +178,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(hook)
+        .add_service(admin)
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)

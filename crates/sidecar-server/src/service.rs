@@ -18,19 +18,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::PolicyHandle;
+use crate::control::ControlPlane;
 use crate::status::{inbound_error, status};
 
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 #[derive(Debug, Clone)]
 pub(crate) struct HookSvc {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    policy: PolicyHandle,
-    audit: Arc<dyn AuditStore>,
+pub(crate) struct Inner {
+    pub(crate) control: Arc<ControlPlane>,
+    pub(crate) policy: PolicyHandle,
+    pub(crate) audit: Arc<dyn AuditStore>,
     max_in_flight: usize,
     shutdown: watch::Receiver<bool>,
 }
@@ -46,6 +48,7 @@ struct Peer {
 
 impl HookSvc {
     pub(crate) fn new(
+        control: Arc<ControlPlane>,
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
         max_in_flight: usize,
@@ -53,6 +56,7 @@ impl HookSvc {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                control,
                 policy,
                 audit,
                 max_in_flight: max_in_flight.max(1),
@@ -62,7 +66,7 @@ impl HookSvc {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -89,7 +93,7 @@ impl Inner {
                         bundle.hash(),
                     )
                 } else {
-                    bundle.evaluate(&event)
+                    self.control.decide(bundle, &event)
                 };
                 (event, decision)
             }
@@ -110,9 +114,17 @@ impl Inner {
             }
         };
         let kind_name = policy_core::proto::kind_name(wire);
+        // A denied install is an install scan finding, with its own kind.
+        let install_denied = matches!(event.kind, EventKind::Install { .. })
+            && decision.verdict == policy_core::Verdict::Deny;
         let record = AuditRecord {
             time_ms: now_ms(),
-            record_kind: "decision".into(),
+            record_kind: if install_denied {
+                "install_scan"
+            } else {
+                "decision"
+            }
+            .into(),
             session_id: event.session_id.clone(),
             agent_id: event.agent_id.clone(),
             runtime: event.runtime.clone(),
@@ -125,7 +137,7 @@ impl Inner {
             policies: decision.policies.clone(),
             decided_by: "server".into(),
             bundle_hash: decision.bundle_hash.clone(),
-            detail: serde_json_detail(&decision),
+            detail: serde_json_detail(&decision, install_denied),
         };
         match self.audit.append(record).await {
             Ok(seq) => decision_to_proto(
@@ -278,9 +290,18 @@ fn fill_from_peer(event: &mut Event, p: &Peer) {
     }
 }
 
-fn serde_json_detail(d: &Decision) -> String {
+fn serde_json_detail(d: &Decision, install_denied: bool) -> String {
     let mut m = serde_json::Map::new();
     m.insert("reason".into(), d.reason.clone().into());
+    if install_denied {
+        m.insert("block_reason".into(), "install_denied".into());
+    }
+    if let Some(id) = &d.approval_id {
+        m.insert("approval_id".into(), id.clone().into());
+    }
+    if let Some(ms) = d.retry_after_ms {
+        m.insert("retry_after_ms".into(), ms.into());
+    }
     if !d.errors.is_empty() {
         m.insert("errors".into(), d.errors.clone().into());
     }
@@ -390,11 +411,15 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
     // 2. The welcome, with the bundle when the client's is stale.
     let mut bundles = inner.policy.subscribe();
     let current = bundles.borrow_and_update().clone();
+    let mut revocations = inner.control.subscribe_revocations();
     let welcome = Welcome {
         server_version: env!("CARGO_PKG_VERSION").into(),
         protocol_version: PROTOCOL_VERSION,
         bundle_hash: current.hash().into(),
         bundle: (hello.bundle_hash != current.hash()).then(|| bundle_to_proto(&current)),
+        revocations: Some(policy_core::proto::revocations_to_proto(
+            &revocations.borrow_and_update(),
+        )),
     };
     if tx
         .send(frame(server_frame::Frame::Welcome(welcome)))
@@ -419,6 +444,13 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
         }
         tokio::select! {
             _ = shutdown.changed() => continue,
+            changed = revocations.changed() => {
+                if changed.is_err() { continue; }
+                let r = policy_core::proto::revocations_to_proto(&revocations.borrow_and_update());
+                if tx.send(frame(server_frame::Frame::Revocations(r))).await.is_err() {
+                    break None;
+                }
+            }
             changed = bundles.changed() => {
                 if changed.is_err() { continue; }
                 let b = bundles.borrow_and_update().clone();

@@ -1,0 +1,202 @@
+//! `gatehouse.v1.AdminService`: revoke, grant, explain.
+
+use std::sync::Arc;
+
+use audit_store::AuditRecord;
+use hook_proto::v1::{self, revoke_request::Target};
+use policy_core::proto::{decision_to_proto, event_from_proto, revocations_to_proto};
+use tonic::{Code, Request, Response, Status};
+
+use crate::service::{Inner, now_ms};
+use crate::status::status;
+
+/// Default lifetime of a grant.
+const DEFAULT_GRANT_TTL_MS: u64 = 10 * 60_000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct AdminSvc {
+    inner: Arc<Inner>,
+    token: Option<String>,
+}
+
+impl AdminSvc {
+    pub(crate) fn new(inner: Arc<Inner>, token: Option<String>) -> Self {
+        Self { inner, token }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare in constant time.
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(status(
+                Code::Unauthenticated,
+                "unauthenticated",
+                "a valid admin bearer token is required",
+            ))
+        }
+    }
+
+    async fn audit(&self, record: AuditRecord) -> Result<u64, Status> {
+        self.inner.audit.append(record).await.map_err(|e| {
+            status(
+                Code::Unavailable,
+                "audit_unavailable",
+                format!("the action could not be recorded: {e}"),
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_service_server::AdminService for AdminSvc {
+    async fn revoke(
+        &self,
+        request: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let agent = match req.target() {
+            Target::Agent => true,
+            Target::Session => false,
+            Target::Unspecified => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    "invalid_request",
+                    "target must be agent or session",
+                ));
+            }
+        };
+        if req.id.is_empty() {
+            return Err(status(
+                Code::InvalidArgument,
+                "invalid_request",
+                "an id is required",
+            ));
+        }
+        // Record first: an action that cannot be audited is not taken.
+        let seq = self
+            .audit(AuditRecord {
+                time_ms: now_ms(),
+                record_kind: "revocation".into(),
+                agent_id: if agent { req.id.clone() } else { String::new() },
+                session_id: if agent { String::new() } else { req.id.clone() },
+                event_kind: if req.restore { "restore" } else { "revoke" }.into(),
+                event_id: format!("revoke-{}-{}", req.id, now_ms()),
+                resource: format!("{}:{}", if agent { "agent" } else { "session" }, req.id),
+                verdict: if req.restore { "allow" } else { "deny" }.into(),
+                reason_code: "revoked".into(),
+                decided_by: "admin".into(),
+                detail: serde_json::json!({ "reason": req.reason }).to_string(),
+                ..AuditRecord::default()
+            })
+            .await?;
+        let r = self.inner.control.revoke(agent, &req.id, req.restore);
+        tracing::warn!(agent, id = %req.id, restore = req.restore, "revocation changed");
+        Ok(Response::new(v1::RevokeResponse {
+            revocations: Some(revocations_to_proto(&r)),
+            audit_seq: seq,
+        }))
+    }
+
+    async fn grant(
+        &self,
+        request: Request<v1::GrantRequest>,
+    ) -> Result<Response<v1::GrantResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let ttl = if req.ttl_ms == 0 {
+            DEFAULT_GRANT_TTL_MS
+        } else {
+            req.ttl_ms
+        };
+        let Some(g) = self.inner.control.grant(&req.approval_id, ttl) else {
+            return Err(status(
+                Code::NotFound,
+                "unknown_approval",
+                format!(
+                    "no pending approval `{}` (unknown or expired)",
+                    req.approval_id
+                ),
+            ));
+        };
+        let seq = self
+            .audit(AuditRecord {
+                time_ms: now_ms(),
+                record_kind: "grant".into(),
+                agent_id: g.agent_id.clone(),
+                session_id: g.session_id.clone(),
+                event_kind: g.action.clone(),
+                event_id: format!("grant-{}-{}", g.approval_id, now_ms()),
+                resource: g.resource.clone(),
+                verdict: "allow".into(),
+                reason_code: "granted".into(),
+                decided_by: "admin".into(),
+                detail: serde_json::json!({
+                    "approval_id": g.approval_id,
+                    "expires_ms": g.expires_ms,
+                    "granted_by": req.granted_by,
+                })
+                .to_string(),
+                ..AuditRecord::default()
+            })
+            .await?;
+        Ok(Response::new(v1::GrantResponse {
+            approval_id: g.approval_id,
+            agent_id: g.agent_id,
+            session_id: g.session_id,
+            action: g.action,
+            resource: g.resource,
+            expires_ms: i64::try_from(g.expires_ms).unwrap_or(i64::MAX),
+            audit_seq: seq,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<v1::HookEvent>,
+    ) -> Result<Response<v1::Explanation>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        let event = event_from_proto(&wire)
+            .map_err(|e| status(Code::InvalidArgument, "malformed_event", e.to_string()))?;
+        let bundle = self.inner.policy.current();
+        let x = bundle.explain(&event);
+        let text = policy_core::explain_text(&bundle, &event, &x);
+        Ok(Response::new(v1::Explanation {
+            decision: Some(decision_to_proto(
+                &x.decision,
+                &wire.correlation_id,
+                &wire.event_id,
+                v1::DecidedBy::Server,
+                0,
+            )),
+            action: x.action.unwrap_or_default(),
+            considered: x.considered,
+            matched_permits: x.matched_permits,
+            matched_forbids: x.matched_forbids,
+            matched_asks: x.matched_asks,
+            errored: x
+                .errored
+                .into_iter()
+                .map(|(id, e)| format!("{id}: {e}"))
+                .collect(),
+            text,
+        }))
+    }
+}
