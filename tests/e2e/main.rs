@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers panic on setup failure")]
 
 mod client;
+mod controls;
 mod helpers;
 mod reload;
 mod stream;

@@ -18,8 +18,13 @@ pub struct BundleDirError {
 /// Largest file accepted in a bundle.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// Reads every regular file under `dir` (recursively, skipping dot files)
-/// as UTF-8, with paths relative to `dir` and `/`-separated.
+/// File endings that can belong to a bundle; anything else in the
+/// directory (editor backups, databases, notes) is not read.
+const BUNDLE_EXTENSIONS: [&str; 4] = ["cedar", "cedarschema", "json", "toml"];
+
+/// Reads every bundle file under `dir` (recursively, skipping dot files and
+/// files with other endings) as UTF-8, with paths relative to `dir` and
+/// `/`-separated.
 pub fn read_bundle_dir(dir: &Path) -> Result<Vec<BundleFile>, BundleDirError> {
     let mut out = Vec::new();
     walk(dir, dir, &mut out)?;
@@ -41,7 +46,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<BundleFile>) -> Result<(), Bundle
         let meta = std::fs::metadata(&path).map_err(err(&path))?;
         if meta.is_dir() {
             walk(root, &path, out)?;
-        } else if meta.is_file() {
+        } else if meta.is_file()
+            && path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| BUNDLE_EXTENSIONS.contains(&e))
+        {
             if meta.len() > MAX_FILE {
                 return Err(BundleDirError {
                     path,
@@ -73,6 +83,7 @@ mod tests {
         std::fs::write(dir.path().join("base.cedar"), "x").unwrap();
         std::fs::write(dir.path().join("team/a/p.cedar"), "y").unwrap();
         std::fs::write(dir.path().join(".hidden"), "z").unwrap();
+        std::fs::write(dir.path().join("audit.db"), [0xff, 0xfe]).unwrap();
         let files = read_bundle_dir(dir.path()).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, vec!["base.cedar", "team/a/p.cedar"]);
