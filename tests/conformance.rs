@@ -11,6 +11,7 @@ use std::time::Duration;
 use gatehouse_tests::conformance::{CaseFile, Outcome, corpus_root, load_corpus};
 use gatehouse_tests::{FaultProxy, TestServer};
 use hook_proto::v1::{self, ClientFrame, Hello, client_frame, server_frame};
+
 use policy_core::proto::{event_to_proto, verdict_from_proto};
 use policy_core::{Bundle, Verdict};
 use sidecar_client::{Client, ClientConfig, DecidedBy, SessionInfo};
@@ -25,9 +26,23 @@ fn outcome_of(d: &v1::Decision) -> Outcome {
 
 fn in_process(file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
     let bundle = Bundle::load(sidecar_server::read_bundle_dir(&file.bundle_dir())?)?;
+    let revocations = file.setup.revocations();
+    let grants = policy_core::Grants::new();
+    let mut limits = policy_core::LimitState::new();
     (0..file.cases.len())
         .map(|i| {
-            let d = bundle.evaluate(&file.event(i)?);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let d = bundle.decide(
+                &file.event(i)?,
+                policy_core::Controls {
+                    now_ms: now,
+                    revocations: Some(&revocations),
+                    grants: Some(&grants),
+                    limits: Some(&mut limits),
+                },
+            );
             Ok(Outcome {
                 verdict: d.verdict,
                 reason_code: d.reason_code.as_str().to_owned(),
@@ -55,17 +70,27 @@ async fn unary(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outco
 
 /// One stream per agent in the file; all of its events pipelined.
 async fn stream(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
-    let mut by_agent: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut by_agent: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     for i in 0..file.cases.len() {
-        by_agent.entry(file.event(i)?.agent_id).or_default().push(i);
+        let e = file.event(i)?;
+        // Stateful files keep one group so that order is preserved.
+        let key = if file.stateful {
+            Default::default()
+        } else {
+            (e.agent_id, e.session_id)
+        };
+        by_agent.entry(key).or_default().push(i);
+    }
+    if file.stateful {
+        return stream_sequential(server, file).await;
     }
     let mut out: Vec<Option<Outcome>> = vec![None; file.cases.len()];
-    for (agent, indices) in by_agent {
+    for ((agent, session), indices) in by_agent {
         let mut frames = vec![ClientFrame {
             frame: Some(client_frame::Frame::Hello(Hello {
                 protocol_version: 1,
                 agent_id: agent.clone(),
-                session_id: file.session.clone(),
+                session_id: session.clone(),
                 runtime: file.runtime.clone(),
                 metadata: Default::default(),
                 bundle_hash: String::new(),
@@ -111,6 +136,94 @@ async fn stream(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outc
         .enumerate()
         .map(|(i, o)| o.ok_or_else(|| anyhow::anyhow!("no decision for case {i}")))
         .collect()
+}
+
+/// One event at a time, each on a stream of its own agent and session, in
+/// file order (state such as rate limits must see the same order on every
+/// path).
+async fn stream_sequential(server: &TestServer, file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
+    let mut client = server.client().await?;
+    let mut streams: BTreeMap<
+        (String, String),
+        (
+            tokio::sync::mpsc::Sender<ClientFrame>,
+            tonic::Streaming<v1::ServerFrame>,
+        ),
+    > = BTreeMap::new();
+    let mut out = Vec::new();
+    for i in 0..file.cases.len() {
+        let event = file.event(i)?;
+        let key = (event.agent_id.clone(), event.session_id.clone());
+        if !streams.contains_key(&key) {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tx.send(ClientFrame {
+                frame: Some(client_frame::Frame::Hello(Hello {
+                    protocol_version: 1,
+                    agent_id: key.0.clone(),
+                    session_id: key.1.clone(),
+                    runtime: file.runtime.clone(),
+                    metadata: Default::default(),
+                    bundle_hash: String::new(),
+                })),
+            })
+            .await?;
+            let inbound = client
+                .process_hook_event(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            streams.insert(key.clone(), (tx, inbound));
+        }
+        let (tx, inbound) = streams
+            .get_mut(&key)
+            .ok_or_else(|| anyhow::anyhow!("stream"))?;
+        let mut wire = event_to_proto(&event);
+        wire.correlation_id = format!("c{i}");
+        tx.send(ClientFrame {
+            frame: Some(client_frame::Frame::Event(wire)),
+        })
+        .await?;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+            if let Some(server_frame::Frame::Decision(d)) = msg.frame {
+                anyhow::ensure!(
+                    d.correlation_id == format!("c{i}"),
+                    "unexpected correlation id"
+                );
+                out.push(outcome_of(&d));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A fresh server for one path, with the file's revocations in force.
+async fn fresh_server(file: &CaseFile) -> anyhow::Result<TestServer> {
+    let server = TestServer::start(&file.bundle_dir(), |_| {}).await?;
+    let mut admin = v1::admin_service_client::AdminServiceClient::connect(server.url()).await?;
+    for (agent, ids) in [
+        (true, &file.setup.revoked_agents),
+        (false, &file.setup.revoked_sessions),
+    ] {
+        for id in ids {
+            let target = if agent {
+                v1::revoke_request::Target::Agent
+            } else {
+                v1::revoke_request::Target::Session
+            };
+            admin
+                .revoke(v1::RevokeRequest {
+                    target: target.into(),
+                    id: id.clone(),
+                    restore: false,
+                    reason: "conformance setup".into(),
+                })
+                .await?;
+        }
+    }
+    Ok(server)
 }
 
 /// The client connects (receiving the bundle in the welcome), loses the
@@ -173,13 +286,17 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut checked = 0;
     for file in &files {
-        let server = TestServer::start(&file.bundle_dir(), |_| {}).await?;
-        let paths = [
-            ("in-process", in_process(file)?),
-            ("stream", stream(&server, file).await?),
-            ("unary", unary(&server, file).await?),
-            ("local-fallback", local_fallback(&server, file).await?),
-        ];
+        let mut paths = vec![("in-process", in_process(file)?)];
+        let server = fresh_server(file).await?;
+        paths.push(("stream", stream(&server, file).await?));
+        let server = if file.stateful {
+            server.stop().await?;
+            fresh_server(file).await?
+        } else {
+            server
+        };
+        paths.push(("unary", unary(&server, file).await?));
+        paths.push(("local-fallback", local_fallback(&server, file).await?));
         for (path, outcomes) in &paths {
             for (case, got) in file.cases.iter().zip(outcomes) {
                 checked += 1;

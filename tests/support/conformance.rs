@@ -21,6 +21,13 @@ pub struct CaseFile {
     pub session: String,
     #[serde(default = "default_runtime")]
     pub runtime: String,
+    /// Events change state (rate limits, budgets): every path gets a fresh
+    /// server and sends the events one at a time, in order.
+    #[serde(default)]
+    pub stateful: bool,
+    /// Revocations in force before the first event.
+    #[serde(default)]
+    pub setup: Setup,
     #[serde(rename = "case")]
     pub cases: Vec<Case>,
     #[serde(skip)]
@@ -37,6 +44,25 @@ fn default_runtime() -> String {
     "conformance".into()
 }
 
+/// State applied before a file's events.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    #[serde(default)]
+    pub revoked_agents: Vec<String>,
+    #[serde(default)]
+    pub revoked_sessions: Vec<String>,
+}
+
+impl Setup {
+    pub fn revocations(&self) -> policy_core::Revocations {
+        policy_core::Revocations {
+            agents: self.revoked_agents.iter().cloned().collect(),
+            sessions: self.revoked_sessions.iter().cloned().collect(),
+        }
+    }
+}
+
 /// One event and its expected decision.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +72,8 @@ pub struct Case {
     pub agent: Option<String>,
     pub event: toml::Value,
     pub expect: Expect,
+    /// Overrides the file's session for this event.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -111,6 +139,9 @@ impl CaseFile {
             event.event_id = format!("{}-{i}", stem.unwrap_or_default());
         }
         event.agent_id = case.agent.clone().unwrap_or_else(|| self.agent.clone());
+        if let Some(s) = &case.session {
+            event.session_id.clone_from(s);
+        }
         if event.session_id.is_empty() {
             event.session_id.clone_from(&self.session);
         }

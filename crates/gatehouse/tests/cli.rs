@@ -306,3 +306,95 @@ fn replay_gives_the_same_decisions_locally_and_through_the_server() {
     ]));
     assert_eq!(out.lines().count(), 5, "{out}");
 }
+
+#[test]
+fn explain_names_the_determining_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"agent_id":"alice","session_id":"s","kind":"pre_tool_use","tool_name":"Bash","input":{"command":"git push --force origin main"}}"#,
+    )
+    .unwrap();
+    let quickstart = root().join("examples/quickstart");
+    let (code, out, err) = run(bin()
+        .arg("explain")
+        .arg("--policies")
+        .arg(&quickstart)
+        .arg("--event")
+        .arg(&event));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Decision: DENY (policy_forbid)"), "{out}");
+    assert!(out.contains("Determined by: no-force-push"), "{out}");
+    assert!(
+        out.contains("Ask forbids that matched: `ask-before-push`"),
+        "{out}"
+    );
+    let (_, out, _) = run(bin()
+        .arg("explain")
+        .arg("--json")
+        .arg("--policies")
+        .arg(&quickstart)
+        .arg("--event")
+        .arg(&event));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["policies"][0], "no-force-push");
+    assert_eq!(v["matched_permits"][0], "allow-tools");
+
+    // Claude Code input works too.
+    std::fs::write(
+        &event,
+        r#"{"session_id":"s","hook_event_name":"PreToolUse","tool_name":"Read","tool_input":{"file_path":"/repo/.env"}}"#,
+    )
+    .unwrap();
+    let (_, out, _) = run(bin()
+        .args(["explain", "--format", "claude-code", "--policies"])
+        .arg(&quickstart)
+        .arg("--event")
+        .arg(&event));
+    assert!(out.contains("Determined by: no-secret-files"), "{out}");
+}
+
+#[test]
+fn validate_checks_bundle_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit(principal, action, resource) when { context.matchers.undeclared };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bundle.toml"),
+        "[matchers.vip]\nfield = \"sender_id\"\nop = \"regex\"\nvalue = \"[unclosed\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_ne!(code, 0);
+    let toml_err = format!("{}:4:", dir.path().join("bundle.toml").display());
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&toml_err) && l.contains("regex")),
+        "{out}"
+    );
+
+    std::fs::write(
+        dir.path().join("bundle.toml"),
+        "[matchers.vip]\nfield = \"sender_id\"\nop = \"eq\"\nvalue = \"U1\"\n\n[[rate_limits]]\nname = \"r\"\nactions = [\"start_session\"]\nkey = [\"sender\"]\nlimit = 1\nwindow = \"1m\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(bin().arg("validate").arg(dir.path()));
+    assert_ne!(code, 0, "an unknown matcher in a policy fails validation");
+    assert!(out.contains("undeclared"), "{out}");
+
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit(principal, action, resource) when { context.matchers.vip };\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("no sender metadata"),
+        "the sender-keyed limit warns: {err}"
+    );
+}

@@ -15,6 +15,7 @@ mod decision;
 mod engine;
 mod error;
 mod event;
+mod explain;
 mod limits;
 #[cfg(feature = "proto")]
 pub mod proto;
@@ -23,7 +24,8 @@ pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE};
 pub use self::config::{DEFAULT_MAX_LIMIT_KEYS, KeyPart};
 pub use self::controls::{Controls, Grant, Grants, Revocations, approval_id};
 pub use self::decision::{Decision, ReasonCode, Verdict};
-pub use self::engine::{Explanation, RESERVED_METADATA_KEYS, explain_text, parse_mcp_name};
+pub use self::engine::{Explanation, RESERVED_METADATA_KEYS, parse_mcp_name};
 pub use self::error::{BundleError, Diagnostic};
 pub use self::event::{ACTIONS, Event, EventKind, Usage};
+pub use self::explain::explain_text;
 pub use self::limits::{BudgetEntry, LimitState};
