@@ -17,11 +17,14 @@ use policy_core::{Bundle, Verdict};
 use sidecar_client::{Client, ClientConfig, DecidedBy, SessionInfo};
 
 fn outcome_of(d: &v1::Decision) -> Outcome {
-    Outcome {
-        verdict: verdict_from_proto(d.verdict).unwrap_or(Verdict::Deny),
-        reason_code: d.reason_code.clone(),
-        policies: d.policies.clone(),
-    }
+    Outcome::new(
+        verdict_from_proto(d.verdict).unwrap_or(Verdict::Deny),
+        d.reason_code.clone(),
+        d.policies.clone(),
+        d.output
+            .as_ref()
+            .and_then(|o| policy_core::proto::output_from_proto(o).ok()),
+    )
 }
 
 fn in_process(file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
@@ -43,11 +46,12 @@ fn in_process(file: &CaseFile) -> anyhow::Result<Vec<Outcome>> {
                     limits: Some(&mut limits),
                 },
             );
-            Ok(Outcome {
-                verdict: d.verdict,
-                reason_code: d.reason_code.as_str().to_owned(),
-                policies: d.policies,
-            })
+            Ok(Outcome::new(
+                d.verdict,
+                d.reason_code.as_str().to_owned(),
+                d.policies,
+                d.output,
+            ))
         })
         .collect()
 }
@@ -266,11 +270,7 @@ async fn local_fallback(server: &TestServer, file: &CaseFile) -> anyhow::Result<
             d.decided_by == DecidedBy::LocalFallback,
             "case {i} was not decided locally: {d:?}"
         );
-        out.push(Outcome {
-            verdict: d.verdict,
-            reason_code: d.reason_code,
-            policies: d.policies,
-        });
+        out.push(Outcome::new(d.verdict, d.reason_code, d.policies, d.output));
     }
     Ok(out)
 }

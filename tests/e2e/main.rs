@@ -6,5 +6,6 @@
 mod client;
 mod controls;
 mod helpers;
+mod outputs;
 mod reload;
 mod stream;

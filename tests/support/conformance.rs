@@ -76,21 +76,44 @@ pub struct Case {
     pub session: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     pub verdict: Verdict,
     pub reason_code: ReasonCode,
     /// When given, the determining policy ids, in any order.
     pub policies: Option<Vec<String>>,
+    /// For post tool use: allow, block, redact or escalate.
+    pub output: Option<policy_core::OutputVerdict>,
+    /// For REDACT: the exact output handed to the model.
+    pub redacted: Option<toml::Value>,
+    /// Evidence as `rule@path`, in order.
+    pub evidence: Option<Vec<String>>,
 }
 
 /// What one path decided, reduced to what the corpus compares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub verdict: Verdict,
     pub reason_code: String,
     pub policies: Vec<String>,
+    pub output: Option<policy_core::OutputDecision>,
+}
+
+impl Outcome {
+    pub fn new(
+        verdict: Verdict,
+        reason_code: String,
+        policies: Vec<String>,
+        output: Option<policy_core::OutputDecision>,
+    ) -> Self {
+        Self {
+            verdict,
+            reason_code,
+            policies,
+            output,
+        }
+    }
 }
 
 impl Expect {
@@ -103,8 +126,8 @@ impl Expect {
         let ok = got.verdict == self.verdict
             && got.reason_code == self.reason_code.as_str()
             && want_p.as_ref().is_none_or(|w| *w == got_p);
-        (!ok).then(|| {
-            format!(
+        if !ok {
+            return Some(format!(
                 "expected {:?}/{}{}, got {:?}/{} {:?}",
                 self.verdict,
                 self.reason_code,
@@ -115,8 +138,38 @@ impl Expect {
                 got.verdict,
                 got.reason_code,
                 got.policies
-            )
-        })
+            ));
+        }
+        let out = got.output.as_ref();
+        if let Some(v) = self.output
+            && out.map(|o| o.verdict) != Some(v)
+        {
+            return Some(format!(
+                "expected output {v:?}, got {:?}",
+                out.map(|o| o.verdict)
+            ));
+        }
+        if let Some(want) = &self.redacted {
+            let want = serde_json::to_value(want).ok();
+            let have = out.and_then(|o| o.redacted.clone());
+            if want != have {
+                return Some(format!("expected redacted {want:?}, got {have:?}"));
+            }
+        }
+        if let Some(want) = &self.evidence {
+            let have: Vec<String> = out
+                .map(|o| {
+                    o.evidence
+                        .iter()
+                        .map(|e| format!("{}@{}", e.rule, e.path))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if *want != have {
+                return Some(format!("expected evidence {want:?}, got {have:?}"));
+            }
+        }
+        None
     }
 }
 

@@ -40,6 +40,21 @@ struct RawConfig {
     budgets: Vec<RawBudget>,
     #[serde(default)]
     settings: RawSettings,
+    #[serde(default)]
+    guards: Vec<RawGuard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    name: Option<String>,
+    on_match: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
+    replacement: Option<String>,
+    message: Option<String>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +200,8 @@ pub(crate) struct BundleConfig {
     pub(crate) rate_limits: Vec<RateLimit>,
     pub(crate) budgets: Vec<Budget>,
     pub(crate) max_limit_keys: usize,
+    /// The post-invocation pipeline, in order.
+    pub(crate) guards: Vec<crate::guards::Guard>,
 }
 
 /// Default cap on distinct limit and budget keys.
@@ -402,6 +419,11 @@ pub(crate) fn parse(text: &str) -> Result<(BundleConfig, Vec<Diagnostic>), Vec<D
             reservation_ttl_ms: ttl,
         });
     }
+    for (i, g) in raw.guards.into_iter().enumerate() {
+        if let Some(guard) = parse_guard(&mut cx, i, g) {
+            config.guards.push(guard);
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for n in config
         .rate_limits
@@ -417,6 +439,107 @@ pub(crate) fn parse(text: &str) -> Result<(BundleConfig, Vec<Diagnostic>), Vec<D
         Ok((config, cx.warnings))
     } else {
         Err(cx.diags)
+    }
+}
+
+fn parse_guard(cx: &mut Ctx<'_>, index: usize, g: RawGuard) -> Option<crate::guards::Guard> {
+    use crate::guards::{Guard, OnMatch};
+    let kind = g.kind.get_ref().as_str();
+    let name = g.name.clone().unwrap_or_else(|| format!("{kind}-{index}"));
+    let on_match = match g
+        .on_match
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
+        None => None,
+        Some(("redact", _)) => Some(OnMatch::Redact),
+        Some(("block", _)) => Some(OnMatch::Block),
+        Some(("escalate", _)) => Some(OnMatch::Escalate),
+        Some((other, span)) => {
+            cx.error(span, format!("guard `{name}`: unknown on_match `{other}` (expected redact, block or escalate)"));
+            return None;
+        }
+    };
+    match kind {
+        "credentials" => Some(Guard::Credentials {
+            name,
+            on_match: on_match.unwrap_or(OnMatch::Redact),
+        }),
+        "regex" => {
+            let Some(pattern) = g.pattern else {
+                cx.error(
+                    g.kind.span(),
+                    format!("guard `{name}`: a regex guard needs `pattern`"),
+                );
+                return None;
+            };
+            if pattern.get_ref().len() > REGEX_MAX_LEN {
+                cx.error(
+                    pattern.span(),
+                    format!("guard `{name}`: regex longer than {REGEX_MAX_LEN} bytes"),
+                );
+                return None;
+            }
+            let regex = match regex::RegexBuilder::new(pattern.get_ref())
+                .size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(4 * REGEX_SIZE_LIMIT)
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = e.to_string().replace('\n', " ");
+                    cx.error(
+                        pattern.span(),
+                        format!("guard `{name}`: invalid or too large regex: {msg}"),
+                    );
+                    return None;
+                }
+            };
+            Some(Guard::Regex {
+                replacement: g
+                    .replacement
+                    .unwrap_or_else(|| format!("[REDACTED:{name}]")),
+                message: g
+                    .message
+                    .unwrap_or_else(|| format!("output matched `{name}`")),
+                rule: name.clone(),
+                name,
+                regex,
+                on_match: on_match.unwrap_or(OnMatch::Redact),
+            })
+        }
+        "size" => {
+            let Some(max_bytes) = g.max_bytes else {
+                cx.error(
+                    g.kind.span(),
+                    format!("guard `{name}`: a size guard needs `max_bytes`"),
+                );
+                return None;
+            };
+            let on_match = on_match.unwrap_or(OnMatch::Block);
+            if on_match == OnMatch::Redact {
+                cx.error(
+                    g.kind.span(),
+                    format!("guard `{name}`: a size guard can block or escalate, not redact"),
+                );
+                return None;
+            }
+            Some(Guard::Size {
+                name,
+                max_bytes,
+                on_match,
+            })
+        }
+        "cedar" => Some(Guard::Cedar { name }),
+        other => {
+            cx.error(
+                g.kind.span(),
+                format!(
+                    "unknown guard type `{other}` (expected credentials, regex, size or cedar)"
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -59,6 +59,12 @@ pub enum ReasonCode {
     Revoked,
     /// A human granted what a policy would have asked about.
     Granted,
+    /// A guard blocked a tool output.
+    OutputBlocked,
+    /// Guards redacted a tool output; the decision carries the redacted one.
+    OutputRedacted,
+    /// Guards escalated a tool output for review (it is not blocked).
+    OutputEscalated,
     /// A client had to decide locally and had no bundle: the fail mode
     /// decided.
     NoBundle,
@@ -86,6 +92,9 @@ impl ReasonCode {
             Self::LimitKeysExhausted => "limit_keys_exhausted",
             Self::Revoked => "revoked",
             Self::Granted => "granted",
+            Self::OutputBlocked => "output_blocked",
+            Self::OutputRedacted => "output_redacted",
+            Self::OutputEscalated => "output_escalated",
             Self::NoBundle => "no_bundle",
             Self::StaleBundle => "stale_bundle",
         }
@@ -99,7 +108,7 @@ impl std::fmt::Display for ReasonCode {
 }
 
 /// The outcome of evaluating one event against one bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
     /// Human-readable reason, from the determining policy's `@reason` when
@@ -118,6 +127,9 @@ pub struct Decision {
     /// For ASK: the id a human grants (`gatehouse grant ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// For post tool use: the guard pipeline's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::guards::OutputDecision>,
 }
 
 impl Decision {
@@ -133,6 +145,7 @@ impl Decision {
             bundle_hash: bundle_hash.to_owned(),
             retry_after_ms: None,
             approval_id: None,
+            output: None,
         }
     }
 }

@@ -55,7 +55,15 @@ impl Bundle {
     /// panics and never returns an error: every failure is a DENY with a
     /// reason code.
     pub fn evaluate(&self, event: &Event) -> Decision {
-        match self.prepare(event) {
+        if let EventKind::PostToolUse { output, .. } = &event.kind {
+            return self.post_pipeline(event, output);
+        }
+        self.cedar(event, &[])
+    }
+
+    /// Cedar alone, with `findings` exposed as `context.output.findings`.
+    pub(crate) fn cedar(&self, event: &Event, findings: &[String]) -> Decision {
+        match self.prepare(event, findings) {
             Prepared::Decided(d) => *d,
             Prepared::Ready {
                 slice,
@@ -65,7 +73,7 @@ impl Bundle {
         }
     }
 
-    fn prepare(&self, event: &Event) -> Prepared<'_> {
+    fn prepare(&self, event: &Event, findings: &[String]) -> Prepared<'_> {
         let deny = |code, reason: String| {
             Prepared::Decided(Box::new(Decision::deny(code, reason, &self.hash)))
         };
@@ -96,7 +104,7 @@ impl Bundle {
                 format!("no such action `{action}`"),
             );
         };
-        match self.request(event, action) {
+        match self.request(event, action, findings) {
             Ok((req, entities)) => Prepared::Ready {
                 slice: req.resource().map_or(&index.general, |r| index.slice(r)),
                 req,
@@ -117,7 +125,7 @@ impl Bundle {
             errored: Vec::new(),
             decision: Decision::deny(ReasonCode::PolicyError, "", &self.hash),
         };
-        let (slice, req, entities) = match self.prepare(event) {
+        let (slice, req, entities) = match self.prepare(event, &[]) {
             Prepared::Decided(d) => {
                 out.decision = *d;
                 return out;
@@ -204,6 +212,7 @@ impl Bundle {
                 bundle_hash: self.hash.clone(),
                 retry_after_ms: None,
                 approval_id: None,
+                output: None,
             };
         }
         let mut reasons: Vec<&PolicyId> = diags.reason().collect();
@@ -230,6 +239,7 @@ impl Bundle {
                 bundle_hash: self.hash.clone(),
                 retry_after_ms: None,
                 approval_id: None,
+                output: None,
             }
         };
         match response.decision() {
@@ -273,12 +283,19 @@ impl Bundle {
         }
     }
 
-    fn request(&self, event: &Event, action: &str) -> Result<(Request, Entities), String> {
+    fn request(
+        &self,
+        event: &Event,
+        action: &str,
+        findings: &[String],
+    ) -> Result<(Request, Entities), String> {
         let t = &self.types;
         let principal = uid(&t.agent, &event.agent_id);
         let action_uid = uid(&t.action, action);
         let (resource, synthesized) = self.resource(event);
-        let context = self.context(event).map_err(|e| format!("context: {e}"))?;
+        let context = self
+            .context(event, findings)
+            .map_err(|e| format!("context: {e}"))?;
 
         let mut wanted: Vec<Entity> = Vec::with_capacity(4);
         let mut included: HashSet<EntityUid> = HashSet::new();
@@ -383,7 +400,7 @@ impl Bundle {
         (uid, attrs)
     }
 
-    fn context(&self, event: &Event) -> Result<Context, String> {
+    fn context(&self, event: &Event, findings: &[String]) -> Result<Context, String> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
         let mut pairs: Vec<(String, RestrictedExpression)> = vec![
@@ -462,6 +479,14 @@ impl Bundle {
                             RestrictedExpression::new_bool(*is_error),
                         ),
                         ("duration_ms".to_owned(), long(*duration_ms)),
+                        (
+                            "findings".to_owned(),
+                            RestrictedExpression::new_set(
+                                findings
+                                    .iter()
+                                    .map(|f| RestrictedExpression::new_string(f.clone())),
+                            ),
+                        ),
                     ])
                     .map_err(|e| e.to_string())?,
                 ));
@@ -732,7 +757,9 @@ when { resource.is_mcp && resource has server && resource.server == "github" };
             if let EventKind::PreToolUse { tool_name, .. } = &mut e.kind {
                 *tool_name = tool.into();
             }
-            let (req, entities) = b.request(&e, "call_tool").unwrap_or_else(|e| panic!("{e}"));
+            let (req, entities) = b
+                .request(&e, "call_tool", &[])
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut all = cedar_policy::PolicySet::new();
             let sets = b
                 .by_action

@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod event;
 mod explain;
+mod guards;
 mod limits;
 #[cfg(feature = "proto")]
 pub mod proto;
@@ -28,4 +29,5 @@ pub use self::engine::{Explanation, RESERVED_METADATA_KEYS, parse_mcp_name};
 pub use self::error::{BundleError, Diagnostic};
 pub use self::event::{ACTIONS, Event, EventKind, Usage};
 pub use self::explain::explain_text;
+pub use self::guards::{Evidence, OutputDecision, OutputVerdict};
 pub use self::limits::{BudgetEntry, LimitState};

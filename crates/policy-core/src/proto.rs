@@ -315,7 +315,72 @@ pub fn decision_to_proto(
         audit_seq,
         retry_after_ms: d.retry_after_ms.unwrap_or(0),
         approval_id: d.approval_id.clone().unwrap_or_default(),
+        output: d.output.as_ref().map(output_to_proto),
     }
+}
+
+pub fn output_to_proto(o: &crate::OutputDecision) -> v1::OutputDecision {
+    use crate::OutputVerdict as V;
+    v1::OutputDecision {
+        verdict: match o.verdict {
+            V::Allow => v1::OutputVerdict::Allow,
+            V::Block => v1::OutputVerdict::Block,
+            V::Redact => v1::OutputVerdict::Redact,
+            V::Escalate => v1::OutputVerdict::Escalate,
+        }
+        .into(),
+        redacted_output_json: o
+            .redacted
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        escalations: o.escalations.clone(),
+        evidence: o
+            .evidence
+            .iter()
+            .map(|e| v1::Evidence {
+                guard: e.guard.clone(),
+                rule: e.rule.clone(),
+                path: e.path.clone(),
+                kind: e.kind.clone(),
+            })
+            .collect(),
+        output_sha256: o.output_sha256.clone(),
+    }
+}
+
+/// `None` when the wire value is unset or unknown; a redacted output that
+/// is not JSON is an error (the caller must not hand anything over).
+pub fn output_from_proto(o: &v1::OutputDecision) -> Result<crate::OutputDecision, InvalidEvent> {
+    use crate::OutputVerdict as V;
+    let verdict = match v1::OutputVerdict::try_from(o.verdict) {
+        Ok(v1::OutputVerdict::Allow) => V::Allow,
+        Ok(v1::OutputVerdict::Redact) => V::Redact,
+        Ok(v1::OutputVerdict::Escalate) => V::Escalate,
+        // Unknown or unset verdicts are treated as the strictest.
+        _ => V::Block,
+    };
+    let redacted = if o.redacted_output_json.is_empty() {
+        None
+    } else {
+        Some(json("redacted_output_json", &o.redacted_output_json)?)
+    };
+    Ok(crate::OutputDecision {
+        verdict,
+        redacted,
+        escalations: o.escalations.clone(),
+        evidence: o
+            .evidence
+            .iter()
+            .map(|e| crate::Evidence {
+                guard: e.guard.clone(),
+                rule: e.rule.clone(),
+                path: e.path.clone(),
+                kind: e.kind.clone(),
+            })
+            .collect(),
+        output_sha256: o.output_sha256.clone(),
+    })
 }
 
 pub fn revocations_to_proto(r: &crate::Revocations) -> v1::Revocations {

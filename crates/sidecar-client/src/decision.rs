@@ -48,7 +48,7 @@ impl FallbackCause {
 }
 
 /// A decision as the caller sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientDecision {
     pub event_id: String,
     pub verdict: Verdict,
@@ -68,6 +68,9 @@ pub struct ClientDecision {
     pub retry_after_ms: Option<u64>,
     /// For ASK: the id to grant (`gatehouse grant`).
     pub approval_id: Option<String>,
+    /// For post tool use: block, redact (with the redacted output) or
+    /// escalate, with evidence.
+    pub output: Option<policy_core::OutputDecision>,
 }
 
 impl ClientDecision {

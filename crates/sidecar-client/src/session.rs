@@ -33,7 +33,7 @@ pub struct SessionInfo {
 }
 
 enum Reply {
-    Decision(v1::Decision),
+    Decision(Box<v1::Decision>),
     Rejected,
 }
 
@@ -157,7 +157,7 @@ impl Session {
         };
         let cause = match tokio::time::timeout_at(deadline, tx.send(frame)).await {
             Ok(Ok(())) => match tokio::time::timeout_at(deadline, reply_rx).await {
-                Ok(Ok(Reply::Decision(d))) => return s.server_decision(d),
+                Ok(Ok(Reply::Decision(d))) => return s.server_decision(*d),
                 Ok(Ok(Reply::Rejected)) => FallbackCause::Rejected,
                 Ok(Err(_)) => FallbackCause::Disconnected,
                 Err(_) => FallbackCause::Timeout,
@@ -200,6 +200,18 @@ impl Shared {
             audit_seq: d.audit_seq,
             retry_after_ms: (d.retry_after_ms > 0).then_some(d.retry_after_ms),
             approval_id: (!d.approval_id.is_empty()).then_some(d.approval_id),
+            output: d.output.as_ref().map(|o| {
+                policy_core::proto::output_from_proto(o).unwrap_or_else(|_| {
+                    // A redacted output we cannot read must not reach the model.
+                    policy_core::OutputDecision {
+                        verdict: policy_core::OutputVerdict::Block,
+                        redacted: None,
+                        escalations: Vec::new(),
+                        evidence: Vec::new(),
+                        output_sha256: o.output_sha256.clone(),
+                    }
+                })
+            }),
         }
     }
 
@@ -283,7 +295,7 @@ impl Shared {
         };
         if let Some(spool) = &c.spool {
             let entry = Entry::Report {
-                event: Box::new(event.clone()),
+                event: Box::new(spoolable(event)),
                 correlation_id: correlation_id.to_owned(),
                 decision: SpooledDecision {
                     verdict: decision.verdict,
@@ -313,6 +325,7 @@ impl Shared {
             audit_seq: 0,
             retry_after_ms: decision.retry_after_ms,
             approval_id: decision.approval_id,
+            output: decision.output,
         }
     }
 }
@@ -332,6 +345,7 @@ fn fail_decision(
         bundle_hash,
         retry_after_ms: None,
         approval_id: None,
+        output: None,
     }
 }
 
@@ -480,7 +494,7 @@ impl Shared {
                     .and_then(|c| lock(&self.pending).remove(&c));
                 match waiter {
                     Some(w) => {
-                        let _ = w.send(Reply::Decision(d));
+                        let _ = w.send(Reply::Decision(Box::new(d)));
                     }
                     None => Stats::bump(&self.client.stats.late_decisions),
                 }
@@ -591,6 +605,7 @@ impl Shared {
                             audit_seq: 0,
                             retry_after_ms: 0,
                             approval_id: String::new(),
+                            output: None,
                         }),
                         event: Some(wire),
                         cause,
@@ -638,4 +653,33 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The event as spooled: payloads that may hold secrets (tool inputs and
+/// outputs, prompts, memory content) are replaced by their SHA-256, so that
+/// nothing sensitive is written to disk or reported; the audit needs only
+/// the event's identity.
+fn spoolable(event: &Event) -> Event {
+    use policy_core::EventKind as K;
+    fn digest(v: &serde_json::Value) -> serde_json::Value {
+        use sha2::Digest;
+        serde_json::json!({ "sha256": hex::encode(sha2::Sha256::digest(v.to_string().as_bytes())) })
+    }
+    fn digest_str(s: &str) -> String {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(s.as_bytes())))
+    }
+    let mut e = event.clone();
+    match &mut e.kind {
+        K::PreToolUse { input, .. } => *input = digest(input),
+        K::PostToolUse { input, output, .. } => {
+            *input = digest(input);
+            *output = digest(output);
+        }
+        K::UserPrompt { prompt } => *prompt = digest_str(prompt),
+        K::MemoryIngest { content, .. } => *content = digest_str(content),
+        K::MemorySearch { query, .. } => *query = digest_str(query),
+        _ => {}
+    }
+    e
 }

@@ -302,6 +302,17 @@ fn serde_json_detail(d: &Decision, install_denied: bool) -> String {
     if let Some(ms) = d.retry_after_ms {
         m.insert("retry_after_ms".into(), ms.into());
     }
+    // For outputs: the evidence and a hash, never the output itself.
+    if let Some(o) = &d.output {
+        m.insert("output_verdict".into(), o.verdict.as_str().into());
+        m.insert("output_sha256".into(), o.output_sha256.clone().into());
+        if let Ok(ev) = serde_json::to_value(&o.evidence) {
+            m.insert("evidence".into(), ev);
+        }
+        if !o.escalations.is_empty() {
+            m.insert("escalations".into(), o.escalations.clone().into());
+        }
+    }
     if !d.errors.is_empty() {
         m.insert("errors".into(), d.errors.clone().into());
     }
