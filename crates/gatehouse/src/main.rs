@@ -6,6 +6,9 @@ mod adapters;
 mod admin_cmd;
 mod audit_cmd;
 mod config;
+mod hook;
+mod init_cmd;
+mod relay;
 mod replay;
 mod timefmt;
 
@@ -63,6 +66,15 @@ enum Command {
         #[command(flatten)]
         conn: admin_cmd::Connection,
     },
+    /// Run as an agent's hook command: read the hook JSON on stdin, print
+    /// the agent's answer, exit with the code it reads.
+    Hook(hook::HookArgs),
+    /// Run the local relay: HTTP hooks on 127.0.0.1, a Unix socket for
+    /// `gatehouse hook`, one stream per agent session.
+    Relay(relay::RelayArgs),
+    /// Print (or with --write, merge into the agent's settings) the hook
+    /// configuration for an agent.
+    Init(init_cmd::InitArgs),
     /// Turn an ASK's approval id into a time-limited allow.
     Grant {
         approval_id: String,
@@ -81,6 +93,9 @@ fn main() -> ExitCode {
         Command::Validate { dir, json } => validate(&dir, json),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Replay(args) => replay::run(args),
+        Command::Hook(args) => return hook::run(args),
+        Command::Relay(args) => relay::run(args),
+        Command::Init(args) => init_cmd::run(args),
         Command::Explain(args) => admin_cmd::explain(args),
         Command::Revoke {
             target,
@@ -108,7 +123,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -3,7 +3,10 @@
 use policy_core::{Event, EventKind};
 use serde_json::Value;
 
-use super::{BadInput, Mapped, str_field};
+use serde_json::json;
+
+use super::{BadInput, HookInput, Mapped, Outcome, Rendered, is_mcp, str_field};
+use policy_core::{OutputVerdict, Verdict};
 
 /// The runtime name Claude Code events carry.
 pub(crate) const RUNTIME: &str = "claude-code";
@@ -69,6 +72,70 @@ pub(crate) fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> 
         metadata: Default::default(),
         kind,
     })))
+}
+
+/// Renders a decision as Claude Code reads it. An ALLOW prints nothing:
+/// Gatehouse has no objection and Claude Code's own permission rules and
+/// prompts still apply. Decisions go in JSON on stdout with exit 0 (exit 2
+/// would show the model the hook's whole command line).
+pub(crate) fn render(h: &HookInput, o: &Outcome) -> Rendered {
+    let event = h.hook_event.as_str();
+    let msg = o.message();
+    match (event, o.verdict) {
+        (_, _) if matches!(h.mapped, Mapped::NoDecision { .. }) => Rendered::nothing(),
+        ("PreToolUse", Verdict::Allow) => Rendered::nothing(),
+        ("PreToolUse", v) => Rendered::json(json!({"hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": if v == Verdict::Ask { "ask" } else { "deny" },
+            "permissionDecisionReason": msg,
+        }})),
+        // An ASK is exactly the prompt Claude Code is about to show.
+        ("PermissionRequest", Verdict::Allow | Verdict::Ask) => Rendered::nothing(),
+        ("PermissionRequest", Verdict::Deny) => Rendered::json(json!({"hookSpecificOutput": {
+            "hookEventName": "PermissionRequest",
+            "decision": {"behavior": "deny", "message": msg, "interrupt": false},
+        }})),
+        ("PostToolUse" | "PostToolUseFailure", _) => render_post(h, o),
+        ("UserPromptSubmit" | "PreCompact", Verdict::Allow) => Rendered::nothing(),
+        ("UserPromptSubmit" | "PreCompact", _) => {
+            Rendered::json(json!({"decision": "block", "reason": msg}))
+        }
+        ("SessionStart", Verdict::Deny | Verdict::Ask) => Rendered::json(json!({
+            "continue": false,
+            "stopReason": msg,
+            "systemMessage": "Gatehouse stopped this session",
+        })),
+        _ => Rendered::nothing(),
+    }
+}
+
+fn render_post(h: &HookInput, o: &Outcome) -> Rendered {
+    let tool = str_field(&h.raw, "tool_name");
+    match o.output_verdict() {
+        OutputVerdict::Allow => Rendered::nothing(),
+        OutputVerdict::Block => Rendered::json(json!({"decision": "block", "reason": o.message()})),
+        OutputVerdict::Redact => {
+            let key = if is_mcp(tool) {
+                "updatedMCPToolOutput"
+            } else {
+                "updatedToolOutput"
+            };
+            let mut specific = json!({"hookEventName": "PostToolUse"});
+            specific[key] = o.redacted().cloned().unwrap_or_default();
+            specific["additionalContext"] = json!(format!(
+                "Gatehouse redacted sensitive data from this tool output ({}).",
+                o.reason
+            ));
+            Rendered::json(json!({"hookSpecificOutput": specific}))
+        }
+        OutputVerdict::Escalate => Rendered::json(json!({
+            "hookSpecificOutput": {
+                "hookEventName": "PostToolUse",
+                "additionalContext": format!("Gatehouse flagged this output for review: {}", o.reason),
+            },
+            "systemMessage": format!("Gatehouse escalated a tool output: {}", o.reason),
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! Agent hook formats: how each agent's hook JSON maps to a Gatehouse
-//! event (and, for the hook commands, how a decision maps back).
+//! event, and how a decision maps back to what that agent reads (stdout
+//! JSON, stderr, exit code). Every failure to decide goes through the
+//! agent's own blocking mechanism unless fail-open is configured.
 
 pub(crate) mod claude;
+mod others;
 
-use policy_core::Event;
+use policy_core::{Event, EventKind, OutputDecision, OutputVerdict, Verdict};
+use serde_json::Value;
 
 /// What an agent's hook input means for policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +23,306 @@ pub(crate) enum Mapped {
 #[error("{0}")]
 pub(crate) struct BadInput(pub(crate) String);
 
-pub(crate) fn str_field<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v.get(key)
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
+pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
+
+/// The agents Gatehouse has adapters for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Agent {
+    ClaudeCode,
+    Codex,
+    Gemini,
+    Cursor,
+    Copilot,
+    Cline,
+    Windsurf,
+}
+
+impl Agent {
+    pub(crate) const ALL: [Agent; 7] = [
+        Self::ClaudeCode,
+        Self::Codex,
+        Self::Gemini,
+        Self::Cursor,
+        Self::Copilot,
+        Self::Cline,
+        Self::Windsurf,
+    ];
+
+    /// The runtime name, also the hook path segment (`/v1/hooks/<name>`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::ClaudeCode => "claude-code",
+            Self::Codex => "codex",
+            Self::Gemini => "gemini",
+            Self::Cursor => "cursor",
+            Self::Copilot => "copilot",
+            Self::Cline => "cline",
+            Self::Windsurf => "windsurf",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// A mapped hook input with what rendering needs.
+#[derive(Debug, Clone)]
+pub(crate) struct HookInput {
+    /// The agent's own event name, e.g. `PreToolUse`, `beforeShellExecution`.
+    pub(crate) hook_event: String,
+    pub(crate) mapped: Mapped,
+    /// The raw input (some outputs echo parts of it).
+    pub(crate) raw: Value,
+}
+
+/// A decision, reduced to what adapters render (also the relay's answer
+/// to `gatehouse hook`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Outcome {
+    pub(crate) verdict: Verdict,
+    pub(crate) reason: String,
+    pub(crate) reason_code: String,
+    pub(crate) approval_id: Option<String>,
+    pub(crate) output: Option<OutputDecision>,
+    #[serde(default)]
+    pub(crate) decided_by: String,
+}
+
+impl Outcome {
+    pub(crate) fn from_client(d: sidecar_client::ClientDecision) -> Self {
+        Self {
+            verdict: d.verdict,
+            reason: d.reason,
+            reason_code: d.reason_code,
+            approval_id: d.approval_id,
+            output: d.output,
+            decided_by: d.decided_by.as_str().to_owned(),
+        }
+    }
+
+    pub(crate) fn from_core(d: policy_core::Decision, decided_by: &str) -> Self {
+        Self {
+            verdict: d.verdict,
+            reason: d.reason,
+            reason_code: d.reason_code.as_str().to_owned(),
+            approval_id: d.approval_id,
+            output: d.output,
+            decided_by: decided_by.to_owned(),
+        }
+    }
+
+    /// The text shown for a DENY or ASK: the reason, the code, and for an
+    /// ASK how to approve it.
+    pub(crate) fn message(&self) -> String {
+        let mut m = if self.reason.is_empty() {
+            format!("Blocked by Gatehouse policy ({})", self.reason_code)
+        } else {
+            format!("{} [gatehouse: {}]", self.reason, self.reason_code)
+        };
+        if self.verdict == Verdict::Ask {
+            match &self.approval_id {
+                Some(id) => m.push_str(&format!(
+                    "; approval required: `gatehouse grant {id}` allows it"
+                )),
+                None => m.push_str("; approval required"),
+            }
+        }
+        m
+    }
+
+    /// The post-event outcome: BLOCK for a denied output, else the guard
+    /// pipeline's verdict.
+    pub(crate) fn output_verdict(&self) -> OutputVerdict {
+        if self.verdict == Verdict::Deny {
+            return OutputVerdict::Block;
+        }
+        self.output
+            .as_ref()
+            .map_or(OutputVerdict::Allow, |o| o.verdict)
+    }
+
+    pub(crate) fn redacted(&self) -> Option<&Value> {
+        self.output.as_ref().and_then(|o| o.redacted.as_ref())
+    }
+}
+
+/// What the hook process prints and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) exit_code: i32,
+}
+
+impl Rendered {
+    pub(crate) fn json(v: Value) -> Self {
+        Self {
+            stdout: v.to_string(),
+            stderr: String::new(),
+            exit_code: 0,
+        }
+    }
+
+    pub(crate) fn nothing() -> Self {
+        Self {
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: 0,
+        }
+    }
+
+    pub(crate) fn exit2(message: &str) -> Self {
+        Self {
+            stdout: String::new(),
+            stderr: message.to_owned(),
+            exit_code: 2,
+        }
+    }
+}
+
+/// A redacted output where an agent can only show text: a block reason
+/// that carries the redacted output, so the model still gets it.
+pub(crate) fn redacted_as_text(o: &Outcome) -> String {
+    let body = match o.redacted() {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    let mut body: String = body.chars().take(8000).collect();
+    if body.is_empty() {
+        body = "(nothing)".into();
+    }
+    format!(
+        "Gatehouse withheld this tool output because it contained sensitive data. Redacted output follows:\n{body}"
+    )
+}
+
+impl Agent {
+    /// Maps one hook input.
+    pub(crate) fn map(self, input: Value, principal: &str) -> Result<HookInput, BadInput> {
+        let (hook_event, mapped) = match self {
+            Self::ClaudeCode => {
+                let m = claude::map_input(&input, principal)?;
+                (str_field(&input, "hook_event_name").to_owned(), m)
+            }
+            other => others::map_input(other, &input, principal)?,
+        };
+        Ok(HookInput {
+            hook_event,
+            mapped,
+            raw: input,
+        })
+    }
+
+    /// Renders a decision the way this agent reads it.
+    pub(crate) fn render(self, h: &HookInput, o: &Outcome) -> Rendered {
+        match self {
+            Self::ClaudeCode => claude::render(h, o),
+            other => others::render(other, h, o),
+        }
+    }
+
+    /// Renders "no decision could be made". Fail-closed (the default)
+    /// blocks through the agent's own mechanism; fail-open lets it through.
+    pub(crate) fn render_unavailable(
+        self,
+        h: Option<&HookInput>,
+        reason: &str,
+        fail_open: bool,
+    ) -> Rendered {
+        let o = Outcome {
+            verdict: if fail_open {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
+            reason: format!(
+                "Gatehouse could not decide ({reason}); failing {}",
+                if fail_open { "open" } else { "closed" }
+            ),
+            reason_code: if fail_open {
+                "fail_open"
+            } else {
+                "fail_closed"
+            }
+            .into(),
+            approval_id: None,
+            output: None,
+            decided_by: if fail_open {
+                "fail_open"
+            } else {
+                "fail_closed"
+            }
+            .into(),
+        };
+        match h {
+            Some(h) => self.render(h, &o),
+            // The input itself could not be read: only the exit code is
+            // left, and for every supported agent exit 2 blocks.
+            None if fail_open => Rendered::nothing(),
+            None => Rendered::exit2(&o.message()),
+        }
+    }
+}
+
+/// `tool_input` that arrives as a JSON string (Cursor, Copilot).
+pub(crate) fn json_or_string(v: Option<&Value>) -> Value {
+    match v {
+        Some(Value::String(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+        }
+        Some(other) => other.clone(),
+        None => Value::Null,
+    }
+}
+
+pub(crate) fn event(principal: &str, session_id: &str, runtime: &str, kind: EventKind) -> Mapped {
+    Mapped::Event(Box::new(Event {
+        event_id: String::new(),
+        agent_id: principal.to_owned(),
+        session_id: session_id.to_owned(),
+        runtime: runtime.to_owned(),
+        metadata: Default::default(),
+        kind,
+    }))
+}
+
+pub(crate) fn pre_tool(tool_name: &str, input: Value, tool_use_id: &str, cwd: &str) -> EventKind {
+    EventKind::PreToolUse {
+        tool_name: tool_name.to_owned(),
+        input,
+        tool_use_id: tool_use_id.to_owned(),
+        cwd: cwd.to_owned(),
+    }
+}
+
+pub(crate) fn post_tool(
+    tool_name: &str,
+    input: Value,
+    tool_use_id: &str,
+    cwd: &str,
+    output: Value,
+    is_error: bool,
+) -> EventKind {
+    EventKind::PostToolUse {
+        tool_name: tool_name.to_owned(),
+        input,
+        tool_use_id: tool_use_id.to_owned(),
+        cwd: cwd.to_owned(),
+        output,
+        is_error,
+        duration_ms: 0,
+        usage: policy_core::Usage::default(),
+    }
+}
+
+/// True for `mcp__server__tool` names.
+pub(crate) fn is_mcp(tool: &str) -> bool {
+    policy_core::parse_mcp_name(tool).is_some()
+}
+
+#[cfg(test)]
+mod tests;
