@@ -77,9 +77,12 @@ struct RelayFile {
     spool: Option<PathBuf>,
 }
 
+/// Open sessions by (agent, session id), with when each was last used.
+type Sessions = HashMap<(String, String), (Arc<Session>, Instant)>;
+
 struct Relay {
     client: Client,
-    sessions: Mutex<HashMap<(String, String), (Arc<Session>, Instant)>>,
+    sessions: Mutex<Sessions>,
     principal: Option<String>,
     token: Option<String>,
     fail_open: bool,

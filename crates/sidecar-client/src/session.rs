@@ -45,6 +45,10 @@ struct Shared {
     outbound: Mutex<Option<mpsc::Sender<ClientFrame>>>,
     acks: Mutex<Option<mpsc::UnboundedSender<String>>>,
     connected: watch::Sender<bool>,
+    /// True until the first connection attempt has finished: events that
+    /// arrive meanwhile wait for it (within their deadline) instead of
+    /// falling back before the stream had a chance.
+    first_attempt: std::sync::atomic::AtomicBool,
     in_flight: Semaphore,
     next_corr: AtomicU64,
 }
@@ -74,6 +78,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn open(client: Arc<ClientInner>, info: SessionInfo) -> Self {
         let max = client.config.max_in_flight.max(1);
+        let has_server = client.channel.is_some();
         let shared = Arc::new(Shared {
             client,
             info,
@@ -81,6 +86,7 @@ impl Session {
             outbound: Mutex::default(),
             acks: Mutex::default(),
             connected: watch::Sender::new(false),
+            first_attempt: std::sync::atomic::AtomicBool::new(has_server),
             in_flight: Semaphore::new(max),
             next_corr: AtomicU64::new(1),
         });
@@ -143,6 +149,15 @@ impl Session {
         let Ok(_permit) = tokio::time::timeout_at(deadline, s.in_flight.acquire()).await else {
             return s.local(&event, FallbackCause::Timeout, "");
         };
+        if s.first_attempt.load(Ordering::Acquire) && lock(&s.outbound).is_none() {
+            let mut rx = s.connected.subscribe();
+            let first = &s.first_attempt;
+            let _ = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|up| *up || !first.load(Ordering::Acquire)),
+            )
+            .await;
+        }
         let tx = lock(&s.outbound).clone();
         let Some(tx) = tx else {
             return s.local(&event, FallbackCause::Disconnected, "");
@@ -383,7 +398,13 @@ async fn drive(shared: Arc<Shared>, mut closed: watch::Receiver<bool>) {
         }
         first = false;
         Stats::bump(&shared.client.stats.connect_attempts);
-        match shared.connect(channel.clone()).await {
+        let attempt = shared.connect(channel.clone()).await;
+        if attempt.is_err() {
+            shared.first_attempt.store(false, Ordering::Release);
+            // Wake anyone waiting for this first attempt.
+            shared.connected.send_replace(false);
+        }
+        match attempt {
             Ok((tx, inbound)) => {
                 delays = backoff(&cfg);
                 Stats::bump(&shared.client.stats.streams_opened);
@@ -465,6 +486,7 @@ impl Shared {
         closed: &mut watch::Receiver<bool>,
     ) {
         *lock(&self.outbound) = Some(tx.clone());
+        self.first_attempt.store(false, Ordering::Release);
         self.connected.send_replace(true);
         self.spawn_flush(tx.clone());
         loop {
