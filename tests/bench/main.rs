@@ -221,6 +221,188 @@ async fn unary_bench(name: &str, url: &str, concurrency: usize, n: usize) -> any
     })
 }
 
+/// A post-tool-use event whose output is `size` bytes of shell-like text
+/// with one credential in it.
+fn post_event(i: usize, size: usize) -> Event {
+    let mut text = String::with_capacity(size + 64);
+    text.push_str("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n");
+    let line = "drwxr-xr-x  2 dev dev  4096 Nov 26 10:00 src/components/widgets\n";
+    while text.len() < size {
+        text.push_str(line);
+    }
+    text.truncate(size);
+    Event {
+        event_id: String::new(),
+        agent_id: "bench-agent".into(),
+        session_id: "bench".into(),
+        runtime: "bench".into(),
+        metadata: Default::default(),
+        kind: EventKind::PostToolUse {
+            tool_name: "Bash".into(),
+            input: serde_json::json!({"command": "ls -la"}),
+            tool_use_id: format!("p{i}"),
+            cwd: "/repo".into(),
+            output: serde_json::Value::String(text),
+            is_error: false,
+            duration_ms: 5,
+            usage: Default::default(),
+        },
+    }
+}
+
+fn post_in_process(name: &str, bundle: &Bundle, size: usize, n: usize) -> Row {
+    let events: Vec<Event> = (0..n).map(|i| post_event(i, size)).collect();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for e in &events {
+        let t = Instant::now();
+        let d = bundle.evaluate(e);
+        lat.push(t.elapsed());
+        assert_eq!(d.output.map(|o| o.verdict), Some(policy_core::OutputVerdict::Redact));
+    }
+    Row {
+        name: name.into(),
+        n,
+        lat,
+        wall: start.elapsed(),
+        note: format!("{} KiB output, credential guard", size / 1024),
+    }
+}
+
+async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Result<Row> {
+    let client = Client::new(ClientConfig {
+        server: Some(url.to_owned()),
+        default_deadline: Duration::from_secs(5),
+        ..ClientConfig::default()
+    })?;
+    let s = session(&client, 999);
+    anyhow::ensure!(s.wait_connected(Duration::from_secs(5)).await, "stream did not open");
+    let events: Vec<Event> = (0..n).map(|i| post_event(i, size)).collect();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for e in events {
+        let t = Instant::now();
+        let d = s.decide(e).await;
+        lat.push(t.elapsed());
+        anyhow::ensure!(d.decided_by == DecidedBy::Server, "fell back: {:?}", d.fallback_cause);
+    }
+    Ok(Row {
+        name: name.into(),
+        n,
+        wall: start.elapsed(),
+        lat,
+        note: format!("{} KiB output, credential guard", size / 1024),
+    })
+}
+
+/// The relay's HTTP hook path and the `gatehouse hook` process, measured
+/// against a relay process started from the release binary.
+fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let exe = workspace_root().join("target/release/gatehouse");
+    anyhow::ensure!(exe.exists(), "build the release binary first (cargo xtask bench does)");
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("relay.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(&exe)
+        .args(["relay", "--listen", &addr, "--socket"])
+        .arg(&socket)
+        .arg("--policies")
+        .arg(workspace_root().join("examples/quickstart"))
+        .env("RUST_LOG", "warn,gatehouse=info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().ok_or_else(|| anyhow::anyhow!("relay did not start"))??;
+        if line.contains("gatehouse relay ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let body = r#"{"session_id":"bench","cwd":"/repo","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"cargo test"},"tool_use_id":"t"}"#;
+    let mut rows = Vec::new();
+    // HTTP hook path over one keep-alive connection.
+    let mut stream = std::net::TcpStream::connect(&addr)?;
+    stream.set_nodelay(true)?;
+    let n = 5000 / scale;
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..n {
+        let t = Instant::now();
+        write!(stream, "POST /v1/hooks/claude-code HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        // Read until the end of headers, then the body by Content-Length.
+        let mut got = Vec::new();
+        loop {
+            let k = stream.read(&mut buf)?;
+            anyhow::ensure!(k > 0, "relay closed the connection");
+            got.extend_from_slice(&buf[..k]);
+            if let Some(pos) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..pos]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                if got.len() >= pos + 4 + len {
+                    break;
+                }
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    rows.push(Row {
+        name: "relay HTTP hook (Claude Code)".into(),
+        n,
+        wall: start.elapsed(),
+        lat,
+        note: "keep-alive, local bundle".into(),
+    });
+    // Whole-process time of the hook command through the relay socket.
+    let n = 200 / scale.min(4);
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut c = std::process::Command::new(&exe)
+            .args(["hook", "claude-code", "--socket"])
+            .arg(&socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        c.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?.write_all(body.as_bytes())?;
+        anyhow::ensure!(c.wait()?.success(), "hook failed");
+        lat.push(t.elapsed());
+    }
+    rows.push(Row {
+        name: "`gatehouse hook claude-code` process".into(),
+        n,
+        wall: start.elapsed(),
+        lat,
+        note: "spawn + relay socket round trip".into(),
+    });
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        std::process::Command::new("true").status()?;
+        lat.push(t.elapsed());
+    }
+    rows.push(Row {
+        name: "bare process spawn (`true`), for scale".into(),
+        n,
+        wall: start.elapsed(),
+        lat,
+        note: String::new(),
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(rows)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -256,6 +438,8 @@ fn main() -> anyhow::Result<()> {
 
     let qs = Bundle::load(quickstart.clone())?;
     rows.push(in_process("in-process, quickstart", &qs, 50_000 / scale));
+    rows.push(post_in_process("post event in-process, 4 KiB", &qs, 4 * 1024, 5_000 / scale));
+    rows.push(post_in_process("post event in-process, 256 KiB", &qs, 256 * 1024, 500 / scale));
     for n in [50, 500] {
         let b = Bundle::load(generated_bundle(n))?;
         rows.push(in_process(
@@ -304,9 +488,13 @@ fn main() -> anyhow::Result<()> {
         rows.push(unary_bench("unary, 64 concurrent", &url, 64, n * 2).await?);
         rows.push(stream_bench("stream, 100 streams", &url, 100, 1, n * 2).await?);
         rows.push(unary_bench("unary, 100 concurrent", &url, 100, n * 2).await?);
+        rows.push(post_stream("post event via stream, 4 KiB", &url, 4 * 1024, 2_000 / scale).await?);
+        rows.push(post_stream("post event via stream, 256 KiB", &url, 256 * 1024, 300 / scale).await?);
         server.stop().await?;
         anyhow::Ok(())
     })?;
+
+    rows.extend(relay_rows(scale)?);
 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");

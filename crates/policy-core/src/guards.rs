@@ -110,6 +110,16 @@ struct Detector {
     kind: &'static str,
 }
 
+/// All detector patterns in one set: a single pass over the text tells
+/// which detectors need to run at all.
+fn detector_set() -> &'static regex::RegexSet {
+    static S: OnceLock<regex::RegexSet> = OnceLock::new();
+    S.get_or_init(|| {
+        regex::RegexSet::new(detectors().iter().map(|d| d.regex.as_str()))
+            .unwrap_or_else(|_| regex::RegexSet::empty())
+    })
+}
+
 fn detectors() -> &'static [Detector] {
     static D: OnceLock<Vec<Detector>> = OnceLock::new();
     D.get_or_init(|| {
@@ -199,8 +209,12 @@ fn placeholder(rule: &str) -> String {
 fn redact_text(text: &str) -> (String, Vec<(&'static str, &'static str)>) {
     let mut out = text.to_owned();
     let mut hits = Vec::new();
-    for d in detectors() {
-        if !d.regex.is_match(&out) {
+    let candidates = detector_set().matches(text);
+    if !candidates.matched_any() {
+        return (out, hits);
+    }
+    for (i, d) in detectors().iter().enumerate() {
+        if !candidates.matched(i) || !d.regex.is_match(&out) {
             continue;
         }
         let mut result = String::with_capacity(out.len());
