@@ -258,7 +258,10 @@ fn post_in_process(name: &str, bundle: &Bundle, size: usize, n: usize) -> Row {
         let t = Instant::now();
         let d = bundle.evaluate(e);
         lat.push(t.elapsed());
-        assert_eq!(d.output.map(|o| o.verdict), Some(policy_core::OutputVerdict::Redact));
+        assert_eq!(
+            d.output.map(|o| o.verdict),
+            Some(policy_core::OutputVerdict::Redact)
+        );
     }
     Row {
         name: name.into(),
@@ -276,7 +279,10 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
         ..ClientConfig::default()
     })?;
     let s = session(&client, 999);
-    anyhow::ensure!(s.wait_connected(Duration::from_secs(5)).await, "stream did not open");
+    anyhow::ensure!(
+        s.wait_connected(Duration::from_secs(5)).await,
+        "stream did not open"
+    );
     let events: Vec<Event> = (0..n).map(|i| post_event(i, size)).collect();
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
@@ -284,7 +290,11 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
         let t = Instant::now();
         let d = s.decide(e).await;
         lat.push(t.elapsed());
-        anyhow::ensure!(d.decided_by == DecidedBy::Server, "fell back: {:?}", d.fallback_cause);
+        anyhow::ensure!(
+            d.decided_by == DecidedBy::Server,
+            "fell back: {:?}",
+            d.fallback_cause
+        );
     }
     Ok(Row {
         name: name.into(),
@@ -300,10 +310,15 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
 fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
     use std::io::{BufRead, BufReader, Read, Write};
     let exe = workspace_root().join("target/release/gatehouse");
-    anyhow::ensure!(exe.exists(), "build the release binary first (cargo xtask bench does)");
+    anyhow::ensure!(
+        exe.exists(),
+        "build the release binary first (cargo xtask bench does)"
+    );
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("relay.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(&exe)
         .args(["relay", "--listen", &addr, "--socket"])
@@ -314,10 +329,15 @@ fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("stderr"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("stderr"))?;
     let mut lines = BufReader::new(stderr).lines();
     loop {
-        let line = lines.next().ok_or_else(|| anyhow::anyhow!("relay did not start"))??;
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("relay did not start"))??;
         if line.contains("gatehouse relay ready") {
             break;
         }
@@ -334,7 +354,11 @@ fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
     let mut buf = vec![0u8; 4096];
     for _ in 0..n {
         let t = Instant::now();
-        write!(stream, "POST /v1/hooks/claude-code HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            stream,
+            "POST /v1/hooks/claude-code HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         // Read until the end of headers, then the body by Content-Length.
         let mut got = Vec::new();
         loop {
@@ -345,7 +369,10 @@ fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
                 let head = String::from_utf8_lossy(&got[..pos]).to_lowercase();
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
                     .unwrap_or(0);
                 if got.len() >= pos + 4 + len {
                     break;
@@ -373,7 +400,10 @@ fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        c.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?.write_all(body.as_bytes())?;
+        c.stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdin"))?
+            .write_all(body.as_bytes())?;
         anyhow::ensure!(c.wait()?.success(), "hook failed");
         lat.push(t.elapsed());
     }
@@ -438,8 +468,18 @@ fn main() -> anyhow::Result<()> {
 
     let qs = Bundle::load(quickstart.clone())?;
     rows.push(in_process("in-process, quickstart", &qs, 50_000 / scale));
-    rows.push(post_in_process("post event in-process, 4 KiB", &qs, 4 * 1024, 5_000 / scale));
-    rows.push(post_in_process("post event in-process, 256 KiB", &qs, 256 * 1024, 500 / scale));
+    rows.push(post_in_process(
+        "post event in-process, 4 KiB",
+        &qs,
+        4 * 1024,
+        5_000 / scale,
+    ));
+    rows.push(post_in_process(
+        "post event in-process, 256 KiB",
+        &qs,
+        256 * 1024,
+        500 / scale,
+    ));
     for n in [50, 500] {
         let b = Bundle::load(generated_bundle(n))?;
         rows.push(in_process(
@@ -488,8 +528,24 @@ fn main() -> anyhow::Result<()> {
         rows.push(unary_bench("unary, 64 concurrent", &url, 64, n * 2).await?);
         rows.push(stream_bench("stream, 100 streams", &url, 100, 1, n * 2).await?);
         rows.push(unary_bench("unary, 100 concurrent", &url, 100, n * 2).await?);
-        rows.push(post_stream("post event via stream, 4 KiB", &url, 4 * 1024, 2_000 / scale).await?);
-        rows.push(post_stream("post event via stream, 256 KiB", &url, 256 * 1024, 300 / scale).await?);
+        rows.push(
+            post_stream(
+                "post event via stream, 4 KiB",
+                &url,
+                4 * 1024,
+                2_000 / scale,
+            )
+            .await?,
+        );
+        rows.push(
+            post_stream(
+                "post event via stream, 256 KiB",
+                &url,
+                256 * 1024,
+                300 / scale,
+            )
+            .await?,
+        );
         server.stop().await?;
         anyhow::Ok(())
     })?;

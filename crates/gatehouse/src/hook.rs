@@ -34,7 +34,7 @@ pub(crate) struct HookArgs {
     #[arg(long)]
     policies: Option<PathBuf>,
     /// The principal [default: the agent's name, e.g. claude-code].
-    #[arg(long = "as")]
+    #[arg(long = "as", alias = "agent")]
     principal: Option<String>,
     /// What to do when no decision can be had: closed (block) or open.
     #[arg(long, default_value = "closed")]
