@@ -124,6 +124,17 @@ pub(crate) struct Matcher {
 }
 
 impl Matcher {
+    /// Evaluates the matcher on an event: `agent_id` comes from the
+    /// principal, every other field from the event's metadata.
+    pub(crate) fn matches_event(&self, event: &crate::Event) -> bool {
+        let value = if self.field == "agent_id" {
+            Some(event.agent_id.as_str())
+        } else {
+            event.metadata.get(&self.field).map(String::as_str)
+        };
+        self.matches(value)
+    }
+
     /// A missing field matches nothing (so `neq` on a missing field is
     /// false: absence is not evidence).
     pub(crate) fn matches(&self, value: Option<&str>) -> bool {

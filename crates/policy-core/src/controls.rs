@@ -234,16 +234,10 @@ impl Bundle {
     }
 
     fn matcher(&self, name: &str, event: &Event) -> bool {
-        self.config.matchers.iter().any(|m| {
-            m.name == name && {
-                let value = if m.field == "agent_id" {
-                    Some(event.agent_id.as_str())
-                } else {
-                    event.metadata.get(&m.field).map(String::as_str)
-                };
-                m.matches(value)
-            }
-        })
+        self.config
+            .matchers
+            .iter()
+            .any(|m| m.name == name && m.matches_event(event))
     }
 }
 

@@ -75,23 +75,19 @@ impl HookChain {
     }
 
     pub async fn before_tool(&self, call: &ToolCall) -> HookOutcome {
-        let mut ask = None;
-        for h in &self.hooks {
-            match h.before_tool(call).await {
-                HookOutcome::Deny { reason } => return HookOutcome::Deny { reason },
-                HookOutcome::Ask { reason } => {
-                    ask.get_or_insert(HookOutcome::Ask { reason });
-                }
-                HookOutcome::Continue => {}
-            }
-        }
-        ask.unwrap_or(HookOutcome::Continue)
+        self.run(|h| h.before_tool(call)).await
     }
 
     pub async fn after_tool(&self, call: &ToolCall, result: &ToolResult) -> HookOutcome {
+        self.run(|h| h.after_tool(call, result)).await
+    }
+
+    /// Runs each hook in order: the first `Deny` stops the chain and wins;
+    /// otherwise the first `Ask`; otherwise `Continue`.
+    async fn run<'a>(&'a self, step: impl Fn(&'a dyn ToolHook) -> HookFuture<'a>) -> HookOutcome {
         let mut ask = None;
         for h in &self.hooks {
-            match h.after_tool(call, result).await {
+            match step(h.as_ref()).await {
                 HookOutcome::Deny { reason } => return HookOutcome::Deny { reason },
                 HookOutcome::Ask { reason } => {
                     ask.get_or_insert(HookOutcome::Ask { reason });

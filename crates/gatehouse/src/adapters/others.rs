@@ -15,6 +15,19 @@ fn need<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str, BadInput> {
         .ok_or_else(|| BadInput(format!("{what} input has no `{key}`")))
 }
 
+/// An input in Claude Code's format from another runtime.
+fn claude_like(v: &Value, principal: &str, runtime: &str) -> Result<(String, Mapped), BadInput> {
+    let hook = need(v, "hook_event_name", runtime)?.to_owned();
+    let mapped = match super::claude::map_input(v, principal)? {
+        Mapped::Event(mut e) => {
+            e.runtime = runtime.into();
+            Mapped::Event(e)
+        }
+        other => other,
+    };
+    Ok((hook, mapped))
+}
+
 pub(super) fn map_input(
     agent: Agent,
     v: &Value,
@@ -26,19 +39,8 @@ pub(super) fn map_input(
     let rt = agent.name();
     match agent {
         Agent::ClaudeCode => unreachable!("Claude Code has its own module"),
-        Agent::Codex => {
-            // Codex copies Claude Code's input format.
-            let hook = need(v, "hook_event_name", "Codex")?.to_owned();
-            let mapped = super::claude::map_input(v, principal)?;
-            let mapped = match mapped {
-                Mapped::Event(mut e) => {
-                    e.runtime = rt.into();
-                    Mapped::Event(e)
-                }
-                other => other,
-            };
-            Ok((hook, mapped))
-        }
+        // Codex copies Claude Code's input format.
+        Agent::Codex => claude_like(v, principal, rt),
         Agent::Gemini => {
             let hook = need(v, "hook_event_name", "Gemini")?.to_owned();
             let sid = str_field(v, "session_id");
@@ -143,16 +145,7 @@ pub(super) fn map_input(
         Agent::Copilot => {
             // Two formats: camelCase events, or Claude-style PascalCase.
             if v.get("hook_event_name").is_some() {
-                let hook = str_field(v, "hook_event_name").to_owned();
-                let mapped = super::claude::map_input(v, principal)?;
-                let mapped = match mapped {
-                    Mapped::Event(mut e) => {
-                        e.runtime = rt.into();
-                        Mapped::Event(e)
-                    }
-                    other => other,
-                };
-                return Ok((hook, mapped));
+                return claude_like(v, principal, rt);
             }
             let sid = str_field(v, "sessionId");
             let cwd = str_field(v, "cwd");
