@@ -23,6 +23,9 @@ use crate::adapters::{Agent, Mapped, Outcome};
 
 pub(crate) const DEFAULT_RELAY_LISTEN: &str = "127.0.0.1:7470";
 
+/// Largest hook body accepted over HTTP (tool outputs can be large).
+const MAX_HOOK_BODY: usize = 32 * 1024 * 1024;
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct RelayArgs {
     /// HTTP address for agents' http hooks [default: 127.0.0.1:7470].
@@ -159,7 +162,7 @@ async fn hook_http(
     State(relay): State<Arc<Relay>>,
     UrlPath(agent): UrlPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let Some(agent) = Agent::from_name(&agent) else {
         return (StatusCode::NOT_FOUND, format!("unknown agent `{agent}`")).into_response();
@@ -168,6 +171,14 @@ async fn hook_http(
         return (StatusCode::UNAUTHORIZED, "bearer token required").into_response();
     }
     let fail_open = relay.fail_open;
+    // An unreadable or oversized body still gets a 200 with a blocking
+    // answer: an error status would let the call through.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return unavailable_http(agent, None, &format!("hook input rejected: {e}"), fail_open);
+        }
+    };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -300,6 +311,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
             .route("/v1/hooks/{agent}", axum::routing::post(hook_http))
             .route("/v1/decide", axum::routing::post(decide_http))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY))
             .with_state(relay.clone());
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         #[cfg(unix)]

@@ -144,6 +144,14 @@ fn claude_code_http_hook_round_trip() {
     );
     let (status, _) = post(&relay.addr, "/v1/hooks/nope", LS);
     assert_eq!(status, 404);
+    // An oversized body is still answered 200 with a blocking body.
+    let huge = format!(
+        "{{\"session_id\":\"s1\",\"hook_event_name\":\"PostToolUse\",\"tool_name\":\"Bash\",\"tool_response\":\"{}\"}}",
+        "x".repeat(33 * 1024 * 1024)
+    );
+    let (status, body) = post(&relay.addr, "/v1/hooks/claude-code", &huge);
+    assert_eq!(status, 200);
+    assert!(body.contains("\"decision\":\"block\""), "{body}");
 }
 
 #[test]
