@@ -412,3 +412,33 @@ fn blocking_facade_decides_from_sync_code() {
     let d = std::thread::scope(|s| s.spawn(|| session.decide(bash("ls"))).join().unwrap());
     assert_eq!(d.verdict, Verdict::Allow);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_bound_holds_events_back() -> anyhow::Result<()> {
+    let server = TestServer::start(&quickstart(), |_| {}).await?;
+    let proxy = FaultProxy::start(server.addr).await?;
+    let mut cfg = config(Some(proxy.url()), Duration::from_secs(3));
+    cfg.max_in_flight = 2;
+    let client = Client::new(cfg)?;
+    let session = std::sync::Arc::new(client.open_session(info("alice", "s-bound")));
+    wait_until("the stream", || session.is_connected()).await;
+    // Answers come back slowly: the first two events hold both slots.
+    proxy.set_delay(Duration::from_millis(400));
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let s = session.clone();
+            tokio::spawn(async move { s.decide(bash("ls")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = audit_store::query(&server.audit_path, &audit_store::Query::default())?.len();
+    assert_eq!(
+        sent, 2,
+        "only the bound's worth of events may be outstanding"
+    );
+    for t in tasks {
+        let d = t.await?;
+        assert_eq!(d.decided_by, DecidedBy::Server, "{d:?}");
+    }
+    Ok(())
+}

@@ -221,6 +221,17 @@ async fn oversized_message_ends_only_its_own_stream() -> anyhow::Result<()> {
         "{status:?}"
     );
 
+    // The unary RPC says the same.
+    let mut client = server.client().await?;
+    let mut big = bash("u", "e-big-unary", &"y".repeat(100 * 1024));
+    big.agent_id = "alice".into();
+    let err = client.evaluate(big).await.expect_err("oversized");
+    assert_eq!(
+        reason_code_of(&err).as_deref(),
+        Some("message_too_large"),
+        "{err:?}"
+    );
+
     // The other stream is untouched.
     healthy.tx.send(ev(bash("h2", "h2", "rm -rf /"))).await?;
     let d = healthy.decision().await?;

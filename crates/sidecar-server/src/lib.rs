@@ -152,13 +152,17 @@ pub async fn serve(
         policy.clone(),
         audit,
         config.max_in_flight_per_stream,
+        config.max_message_bytes,
         stop_rx,
     );
     let admin = hook_proto::v1::admin_service_server::AdminServiceServer::new(
         admin::AdminSvc::new(service.inner.clone(), config.admin_token.clone()),
     );
     let hook = HookServiceServer::new(service)
-        .max_decoding_message_size(config.max_message_bytes)
+        // The transport refuses anything far above the cap outright; frames
+        // between the cap and this ceiling get a `message_too_large` status
+        // from the service (also on the unary RPC).
+        .max_decoding_message_size(config.max_message_bytes.saturating_mul(4).max(64 * 1024))
         .max_encoding_message_size(usize::MAX);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

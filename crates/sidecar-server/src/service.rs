@@ -34,6 +34,9 @@ pub(crate) struct Inner {
     pub(crate) policy: PolicyHandle,
     pub(crate) audit: Arc<dyn AuditStore>,
     max_in_flight: usize,
+    /// The configured message cap; frames above it are refused with
+    /// `message_too_large` (the transport's own limit sits above it).
+    pub(crate) max_message_bytes: usize,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -52,6 +55,7 @@ impl HookSvc {
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
         max_in_flight: usize,
+        max_message_bytes: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -60,6 +64,7 @@ impl HookSvc {
                 policy,
                 audit,
                 max_in_flight: max_in_flight.max(1),
+                max_message_bytes,
                 shutdown,
             }),
         }
@@ -340,6 +345,17 @@ impl v1::hook_service_server::HookService for HookSvc {
         request: Request<HookEvent>,
     ) -> Result<Response<v1::Decision>, Status> {
         let event = request.into_inner();
+        let size = prost::Message::encoded_len(&event);
+        if size > self.inner.max_message_bytes {
+            return Err(status(
+                Code::ResourceExhausted,
+                "message_too_large",
+                format!(
+                    "the event is {size} bytes; the limit is {} bytes",
+                    self.inner.max_message_bytes
+                ),
+            ));
+        }
         let bundle = self.inner.policy.current();
         Ok(Response::new(
             self.inner.decide(&bundle, &event, None).await,
@@ -470,6 +486,13 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
                 }
             }
             msg = inbound.message() => match msg {
+                Ok(Some(f)) if prost::Message::encoded_len(&f) > inner.max_message_bytes => {
+                    break Some(status(
+                        Code::ResourceExhausted,
+                        "message_too_large",
+                        format!("a frame of {} bytes; the limit is {} bytes", prost::Message::encoded_len(&f), inner.max_message_bytes),
+                    ));
+                }
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Event(event)) })) => {
                     let Ok(permit) = limit.clone().acquire_owned().await else { break None };
                     if event.correlation_id.is_empty()
