@@ -491,6 +491,72 @@ fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     rt.block_on(async {
+        // The audit log alone: sequential appends, then 64 concurrent
+        // appenders (group commit).
+        use audit_store::AuditStore as _;
+        let store = std::sync::Arc::new(audit_store::SqliteAudit::open(
+            dir.path().join("bench-audit.db"),
+            audit_store::Durability::ProcessCrashSafe,
+        )?);
+        let record = audit_store::AuditRecord {
+            record_kind: "decision".into(),
+            agent_id: "bench-agent".into(),
+            session_id: "bench".into(),
+            event_kind: "pre_tool_use".into(),
+            resource: "Bash".into(),
+            verdict: "allow".into(),
+            reason_code: "policy_permit".into(),
+            policies: vec!["allow-tools".into()],
+            decided_by: "server".into(),
+            detail: "{\"reason\":\"permitted\"}".into(),
+            ..Default::default()
+        };
+        let n = 20_000 / scale;
+        let mut lat = Vec::with_capacity(n);
+        let start = Instant::now();
+        for i in 0..n {
+            let mut r = record.clone();
+            r.event_id = format!("a{i}");
+            let t = Instant::now();
+            store.append(r).await?;
+            lat.push(t.elapsed());
+        }
+        rows.push(Row {
+            name: "audit append, sequential".into(),
+            n,
+            wall: start.elapsed(),
+            lat,
+            note: "SQLite WAL, synchronous=NORMAL".into(),
+        });
+        let n = 64_000 / scale;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..64 {
+            let (store, record) = (store.clone(), record.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(n / 64);
+                for i in 0..n / 64 {
+                    let mut r = record.clone();
+                    r.event_id = format!("c{w}-{i}");
+                    let t = Instant::now();
+                    store.append(r).await?;
+                    lat.push(t.elapsed());
+                }
+                anyhow::Ok(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await??);
+        }
+        rows.push(Row {
+            name: "audit append, 64 concurrent".into(),
+            n: lat.len(),
+            wall: start.elapsed(),
+            lat,
+            note: "group commit".into(),
+        });
+
         // Local fallback: no server, bootstrap bundle, spool on.
         let client = Client::new(ClientConfig {
             server: None,
