@@ -12,19 +12,12 @@ use sidecar_client::{
 use crate::helpers::quickstart;
 
 fn bash(command: &str) -> Event {
-    Event {
-        event_id: String::new(),
-        agent_id: String::new(),
-        session_id: String::new(),
-        runtime: String::new(),
-        metadata: Default::default(),
-        kind: EventKind::PreToolUse {
-            tool_name: "Bash".into(),
-            input: serde_json::json!({ "command": command }),
-            tool_use_id: String::new(),
-            cwd: "/repo".into(),
-        },
-    }
+    Event::new(EventKind::PreToolUse {
+        tool_name: "Bash".into(),
+        input: serde_json::json!({ "command": command }),
+        tool_use_id: String::new(),
+        cwd: "/repo".into(),
+    })
 }
 
 fn info(agent: &str, session: &str) -> SessionInfo {

@@ -37,26 +37,19 @@ fn tool(tool: &str, cmd: &str, sender: &str, tool_use_id: &str) -> Event {
 }
 
 fn post(tool_use_id: &str, cost: u64) -> Event {
-    Event {
-        event_id: String::new(),
-        agent_id: String::new(),
-        session_id: String::new(),
-        runtime: String::new(),
-        metadata: Default::default(),
-        kind: EventKind::PostToolUse {
-            tool_name: "Read".into(),
-            input: serde_json::Value::Null,
-            tool_use_id: tool_use_id.into(),
-            cwd: String::new(),
-            output: serde_json::json!("ok"),
-            is_error: false,
-            duration_ms: 1,
-            usage: Usage {
-                cost_micros: cost,
-                ..Usage::default()
-            },
+    Event::new(EventKind::PostToolUse {
+        tool_name: "Read".into(),
+        input: serde_json::Value::Null,
+        tool_use_id: tool_use_id.into(),
+        cwd: String::new(),
+        output: serde_json::json!("ok"),
+        is_error: false,
+        duration_ms: 1,
+        usage: Usage {
+            cost_micros: cost,
+            ..Usage::default()
         },
-    }
+    })
 }
 
 async fn connected(url: String, agent: &str, session: &str) -> (Client, sidecar_client::Session) {
@@ -363,17 +356,12 @@ async fn admin_calls_need_the_token_when_one_is_set() -> anyhow::Result<()> {
 async fn a_denied_install_is_audited_as_an_install_scan() -> anyhow::Result<()> {
     let server = TestServer::start(&crate::helpers::quickstart(), |_| {}).await?;
     let (_c, s) = connected(server.url(), "dev", "s").await;
-    let install = |source: &str| Event {
-        event_id: String::new(),
-        agent_id: String::new(),
-        session_id: String::new(),
-        runtime: String::new(),
-        metadata: Default::default(),
-        kind: EventKind::Install {
+    let install = |source: &str| {
+        Event::new(EventKind::Install {
             name: "left-pad".into(),
             source: source.into(),
             version: "1.0.0".into(),
-        },
+        })
     };
     assert_eq!(s.decide(install("npm")).await.verdict, Verdict::Allow);
     let d = s.decide(install("curl-pipe")).await;

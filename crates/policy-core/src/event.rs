@@ -26,6 +26,20 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+impl Event {
+    /// An event of `kind` with every id empty (a session fills them in).
+    pub fn new(kind: EventKind) -> Self {
+        Self {
+            event_id: String::new(),
+            agent_id: String::new(),
+            session_id: String::new(),
+            runtime: String::new(),
+            metadata: BTreeMap::new(),
+            kind,
+        }
+    }
+}
+
 /// Token usage and cost reported by a tool or a model call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

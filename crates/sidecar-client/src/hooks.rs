@@ -125,19 +125,12 @@ impl ToolHook for GatehouseHook {
         Box::pin(async move {
             let d = self
                 .session
-                .decide(Event {
-                    event_id: String::new(),
-                    agent_id: String::new(),
-                    session_id: String::new(),
-                    runtime: String::new(),
-                    metadata: Default::default(),
-                    kind: EventKind::PreToolUse {
-                        tool_name: call.tool_name.clone(),
-                        input: call.input.clone(),
-                        tool_use_id: call.tool_use_id.clone(),
-                        cwd: call.cwd.clone(),
-                    },
-                })
+                .decide(Event::new(EventKind::PreToolUse {
+                    tool_name: call.tool_name.clone(),
+                    input: call.input.clone(),
+                    tool_use_id: call.tool_use_id.clone(),
+                    cwd: call.cwd.clone(),
+                }))
                 .await;
             Self::outcome(&d)
         })
@@ -147,23 +140,16 @@ impl ToolHook for GatehouseHook {
         Box::pin(async move {
             let d = self
                 .session
-                .decide(Event {
-                    event_id: String::new(),
-                    agent_id: String::new(),
-                    session_id: String::new(),
-                    runtime: String::new(),
-                    metadata: Default::default(),
-                    kind: EventKind::PostToolUse {
-                        tool_name: call.tool_name.clone(),
-                        input: call.input.clone(),
-                        tool_use_id: call.tool_use_id.clone(),
-                        cwd: call.cwd.clone(),
-                        output: result.output.clone(),
-                        is_error: result.is_error,
-                        duration_ms: result.duration_ms,
-                        usage: result.usage,
-                    },
-                })
+                .decide(Event::new(EventKind::PostToolUse {
+                    tool_name: call.tool_name.clone(),
+                    input: call.input.clone(),
+                    tool_use_id: call.tool_use_id.clone(),
+                    cwd: call.cwd.clone(),
+                    output: result.output.clone(),
+                    is_error: result.is_error,
+                    duration_ms: result.duration_ms,
+                    usage: result.usage,
+                }))
                 .await;
             Self::outcome(&d)
         })
