@@ -57,7 +57,8 @@ pub(crate) struct RelayArgs {
     /// Close a session after this many seconds without events.
     #[arg(long)]
     idle_secs: Option<u64>,
-    /// Spool local decisions here until the server is back.
+    /// Spool local decisions here until the server is back [default, with
+    /// --server: `spool.jsonl` beside the socket].
     #[arg(long)]
     spool: Option<PathBuf>,
     /// A TOML file with the same settings (flags win).
@@ -283,7 +284,14 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
         .or(file.token)
         .or_else(|| std::env::var("GATEHOUSE_RELAY_TOKEN").ok())
         .filter(|t| !t.is_empty());
-    let spool = args.spool.or(file.spool);
+    // With a server, local decisions are spooled by default so that they
+    // reach its audit once it is back.
+    let spool = args.spool.or(file.spool).or_else(|| {
+        server
+            .as_ref()
+            .and(socket.parent())
+            .map(|dir| dir.join("spool.jsonl"))
+    });
     let bootstrap = policies
         .as_ref()
         .map(|p| sidecar_server::read_bundle_dir(p))
