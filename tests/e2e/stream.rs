@@ -318,3 +318,38 @@ async fn health_service_reports_serving() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services() -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = TestServer::start(&quickstart(), |_| {}).await?;
+    let channel = tonic::transport::Channel::from_shared(server.url())?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let resp = stream.message().await?.expect("a reflection response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        anyhow::bail!("unexpected response {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"gatehouse.v1.HookService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"gatehouse.v1.AdminService".to_owned()),
+        "{names:?}"
+    );
+    Ok(())
+}

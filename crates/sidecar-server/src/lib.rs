@@ -169,10 +169,17 @@ pub async fn serve(
     health_reporter
         .set_serving::<HookServiceServer<service::HookSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // Older tools (grpcurl before v1 support) ask v1alpha.
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let reloader = tokio::spawn(reload_loop(policy, config.watch_interval));
@@ -185,6 +192,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reloader.abort();
