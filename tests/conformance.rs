@@ -275,6 +275,82 @@ async fn local_fallback(server: &TestServer, file: &CaseFile) -> anyhow::Result<
     Ok(out)
 }
 
+/// The Python interpreter with grpcio (set up by `tests/python/setup.sh`),
+/// if there is one.
+fn python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("GATEHOUSE_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = gatehouse_tests::workspace_root().join("tests/python/.venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// A client in another language, built only from `proto/`: Python grpcio
+/// over the bidi stream.
+async fn python_path(
+    python: &std::path::Path,
+    server: &TestServer,
+    file: &CaseFile,
+) -> anyhow::Result<Vec<Outcome>> {
+    let root = gatehouse_tests::workspace_root();
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/python/conformance_client.py"))
+        .arg("--server")
+        .arg(server.addr.to_string())
+        .arg("--cases")
+        .arg(&file.path)
+        .arg("--proto")
+        .arg(root.join("proto"))
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            let verdict = match v["verdict"].as_str() {
+                Some("allow") => Verdict::Allow,
+                Some("ask") => Verdict::Ask,
+                _ => Verdict::Deny,
+            };
+            let output = if v["output"].is_null() {
+                None
+            } else {
+                let o = &v["output"];
+                Some(policy_core::OutputDecision {
+                    verdict: serde_json::from_value(o["verdict"].clone())?,
+                    redacted: (!o["redacted"].is_null()).then(|| o["redacted"].clone()),
+                    escalations: Vec::new(),
+                    evidence: o["evidence"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e.as_str())
+                        .filter_map(|e| e.rsplit_once('@'))
+                        .map(|(rule, path)| policy_core::Evidence {
+                            guard: String::new(),
+                            rule: rule.to_owned(),
+                            path: path.to_owned(),
+                            kind: String::new(),
+                        })
+                        .collect(),
+                    output_sha256: String::new(),
+                })
+            };
+            Ok(Outcome::new(
+                verdict,
+                v["reason_code"].as_str().unwrap_or_default().to_owned(),
+                serde_json::from_value(v["policies"].clone())?,
+                output,
+            ))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
     let files = load_corpus(&corpus_root())?;
@@ -285,6 +361,16 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
     );
     let mut failures = Vec::new();
     let mut checked = 0;
+    let python = python();
+    match &python {
+        Some(p) => println!("conformance: python client {}", p.display()),
+        None if std::env::var_os("GATEHOUSE_REQUIRE_PYTHON").is_some() => {
+            anyhow::bail!(
+                "GATEHOUSE_REQUIRE_PYTHON is set but tests/python/.venv is missing: run tests/python/setup.sh"
+            )
+        }
+        None => println!("conformance: python-grpcio path skipped (run tests/python/setup.sh)"),
+    }
     for file in &files {
         let mut paths = vec![("in-process", in_process(file)?)];
         let server = fresh_server(file).await?;
@@ -297,6 +383,14 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
         };
         paths.push(("unary", unary(&server, file).await?));
         paths.push(("local-fallback", local_fallback(&server, file).await?));
+        if let Some(py) = &python {
+            server.stop().await?;
+            let server = fresh_server(file).await?;
+            paths.push(("python-grpcio", python_path(py, &server, file).await?));
+            server.stop().await?;
+        } else {
+            server.stop().await?;
+        }
         for (path, outcomes) in &paths {
             for (case, got) in file.cases.iter().zip(outcomes) {
                 checked += 1;
@@ -312,10 +406,10 @@ async fn corpus_agrees_on_every_path() -> anyhow::Result<()> {
                 }
             }
         }
-        server.stop().await?;
     }
+    let n_paths = if python.is_some() { 5 } else { 4 };
     println!(
-        "conformance: {total} cases x 4 paths = {checked} checks, {} mismatches",
+        "conformance: {total} cases x {n_paths} paths = {checked} checks, {} mismatches",
         failures.len()
     );
     assert!(

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "ci" => ci(),
         "test" => test(),
-        "conformance" => conformance(),
+        "conformance" => python_client().and_then(|()| conformance()),
         "bench" => cargo(&[
             "run",
             "--release",
@@ -85,8 +85,31 @@ fn conformance() -> Result<(), String> {
     ])
 }
 
+/// Sets up the Python conformance client (grpcio from PyPI) unless it is
+/// there already. Failing is fatal only when GATEHOUSE_REQUIRE_PYTHON is set.
+fn python_client() -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if root.join("tests/python/.venv/bin/python").exists() {
+        return Ok(());
+    }
+    eprintln!("$ bash tests/python/setup.sh");
+    let ok = Command::new("bash")
+        .arg(root.join("tests/python/setup.sh"))
+        .status()
+        .is_ok_and(|s| s.success());
+    match (ok, std::env::var_os("GATEHOUSE_REQUIRE_PYTHON")) {
+        (true, _) => Ok(()),
+        (false, Some(_)) => Err("the Python conformance client could not be set up".into()),
+        (false, None) => {
+            eprintln!("xtask: warning: no Python client; its conformance path will be skipped");
+            Ok(())
+        }
+    }
+}
+
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    python_client()?;
     cargo(&[
         "clippy",
         "--workspace",
