@@ -136,11 +136,22 @@ impl Decision {
     /// A DENY that no policy determined (malformed input, unknown kinds,
     /// transport failures).
     pub fn deny(code: ReasonCode, reason: impl Into<String>, bundle_hash: &str) -> Self {
+        Self::new(Verdict::Deny, code, reason, Vec::new(), bundle_hash)
+    }
+
+    /// A decision with no evaluation errors and no extras.
+    pub fn new(
+        verdict: Verdict,
+        code: ReasonCode,
+        reason: impl Into<String>,
+        policies: Vec<String>,
+        bundle_hash: &str,
+    ) -> Self {
         Self {
-            verdict: Verdict::Deny,
+            verdict,
             reason: reason.into(),
             reason_code: code,
-            policies: Vec::new(),
+            policies,
             errors: Vec::new(),
             bundle_hash: bundle_hash.to_owned(),
             retry_after_ms: None,

@@ -515,22 +515,25 @@ impl crate::bundle::Bundle {
             out.verdict = OutputVerdict::Block;
             match cedar_block {
                 Some(d) => d,
-                None => {
-                    let mut d = Decision::deny(ReasonCode::OutputBlocked, reason, &self.hash);
-                    d.policies = vec![guard];
-                    d
-                }
+                None => Decision::new(
+                    Verdict::Deny,
+                    ReasonCode::OutputBlocked,
+                    reason,
+                    vec![guard],
+                    &self.hash,
+                ),
             }
         } else if value != *original {
             out.verdict = OutputVerdict::Redact;
             out.redacted = Some(value);
-            let mut d = Decision::deny(
+            let reason = format!("the output was redacted by {}", acted.join(", "));
+            let mut d = Decision::new(
+                Verdict::Allow,
                 ReasonCode::OutputRedacted,
-                format!("the output was redacted by {}", acted.join(", ")),
+                reason,
+                acted,
                 &self.hash,
             );
-            d.verdict = Verdict::Allow;
-            d.policies = acted;
             if !escalations.is_empty() {
                 d.reason
                     .push_str(&format!("; escalated: {}", escalations.join("; ")));
@@ -538,14 +541,13 @@ impl crate::bundle::Bundle {
             d
         } else if !escalations.is_empty() {
             out.verdict = OutputVerdict::Escalate;
-            let mut d = Decision::deny(
+            Decision::new(
+                Verdict::Allow,
                 ReasonCode::OutputEscalated,
                 escalations.join("; "),
+                acted,
                 &self.hash,
-            );
-            d.verdict = Verdict::Allow;
-            d.policies = acted;
-            d
+            )
         } else {
             cedar.unwrap_or_else(|| {
                 Decision::deny(
