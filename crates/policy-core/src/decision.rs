@@ -45,6 +45,8 @@ pub enum ReasonCode {
     MissingPrincipal,
     /// Client metadata used a key reserved for Gatehouse.
     ReservedMetadataKey,
+    /// Client metadata has too many entries or too many bytes.
+    MetadataTooLarge,
     /// An event on a stream named another agent than the stream's hello.
     PrincipalMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
@@ -85,6 +87,7 @@ impl ReasonCode {
             Self::MalformedEvent => "malformed_event",
             Self::MissingPrincipal => "missing_principal",
             Self::ReservedMetadataKey => "reserved_metadata_key",
+            Self::MetadataTooLarge => "metadata_too_large",
             Self::PrincipalMismatch => "principal_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
             Self::RateLimited => "rate_limited",

@@ -15,6 +15,41 @@ use crate::event::{Event, EventKind, Usage};
 /// Metadata keys that clients may not set: Gatehouse derives them.
 pub const RESERVED_METADATA_KEYS: [&str; 1] = ["agent_id"];
 
+/// Most metadata entries an event (or hello) may carry.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Most bytes of metadata keys and values, in total.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// Why metadata is refused, if it is.
+pub fn metadata_problem<'a>(
+    mut entries: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Option<(ReasonCode, String)> {
+    let mut count = 0usize;
+    let mut bytes = 0usize;
+    let found = entries.try_for_each(|(k, v)| {
+        if RESERVED_METADATA_KEYS.contains(&k.as_str()) {
+            return Err((
+                ReasonCode::ReservedMetadataKey,
+                format!("metadata key `{k}` is reserved: Gatehouse takes it from the principal"),
+            ));
+        }
+        count += 1;
+        bytes += k.len() + v.len();
+        Ok(())
+    });
+    if let Err(problem) = found {
+        return Some(problem);
+    }
+    (count > MAX_METADATA_ENTRIES || bytes > MAX_METADATA_BYTES).then(|| {
+        (
+            ReasonCode::MetadataTooLarge,
+            format!(
+                "metadata has {count} entries and {bytes} bytes; the limits are {MAX_METADATA_ENTRIES} and {MAX_METADATA_BYTES}"
+            ),
+        )
+    })
+}
+
 /// A full account of one evaluation, for `explain`.
 #[derive(Debug, Clone)]
 pub struct Explanation {
@@ -89,14 +124,8 @@ impl Bundle {
                 "the event names no agent".into(),
             );
         }
-        if let Some(key) = RESERVED_METADATA_KEYS
-            .iter()
-            .find(|k| event.metadata.contains_key(**k))
-        {
-            return deny(
-                ReasonCode::ReservedMetadataKey,
-                format!("metadata key `{key}` is reserved: Gatehouse takes it from the principal"),
-            );
+        if let Some((code, why)) = metadata_problem(event.metadata.iter()) {
+            return deny(code, why);
         }
         let Some(index) = self.by_action.get(action) else {
             return deny(

@@ -25,7 +25,10 @@ pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE};
 pub use self::config::{DEFAULT_MAX_LIMIT_KEYS, KeyPart};
 pub use self::controls::{Controls, Grant, Grants, Revocations, approval_id};
 pub use self::decision::{Decision, ReasonCode, Verdict};
-pub use self::engine::{Explanation, RESERVED_METADATA_KEYS, parse_mcp_name};
+pub use self::engine::{
+    Explanation, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, RESERVED_METADATA_KEYS,
+    metadata_problem, parse_mcp_name,
+};
 pub use self::error::{BundleError, Diagnostic};
 pub use self::event::{ACTIONS, Event, EventKind, Usage};
 pub use self::explain::explain_text;

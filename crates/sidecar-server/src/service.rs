@@ -414,16 +414,9 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
             .await;
         return;
     }
-    if let Some(key) = policy_core::RESERVED_METADATA_KEYS
-        .iter()
-        .find(|k| hello.metadata.contains_key(**k))
-    {
+    if let Some((code, why)) = policy_core::metadata_problem(hello.metadata.iter()) {
         let _ = tx
-            .send(Err(status(
-                Code::InvalidArgument,
-                "reserved_metadata_key",
-                format!("metadata key `{key}` is reserved"),
-            )))
+            .send(Err(status(Code::InvalidArgument, code.as_str(), why)))
             .await;
         return;
     }
