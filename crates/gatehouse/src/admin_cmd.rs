@@ -190,23 +190,11 @@ pub(crate) fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         };
-    let (json, text) = match (&args.policies, &args.server) {
+    let x = match (&args.policies, &args.server) {
         (Some(dir), _) => {
             let bundle = policy_core::Bundle::load(sidecar_server::read_bundle_dir(dir)?)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let x = bundle.explain(&event);
-            let text = policy_core::explain_text(&bundle, &event, &x);
-            let json = serde_json::json!({
-                "action": x.action,
-                "considered": x.considered,
-                "matched_permits": x.matched_permits,
-                "matched_forbids": x.matched_forbids,
-                "matched_asks": x.matched_asks,
-                "errored": x.errored.iter().map(|(id, e)| serde_json::json!({"policy": id, "error": e})).collect::<Vec<_>>(),
-                "decision": x.decision,
-                "text": text,
-            });
-            (json, text)
+            policy_core::proto::explanation_to_proto(&bundle, &event, v1::DecidedBy::InProcess)
         }
         (None, server) => {
             let conn = Connection {
@@ -221,27 +209,28 @@ pub(crate) fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(status_error)?
                     .into_inner();
-                let d = x.decision.unwrap_or_default();
-                let json = serde_json::json!({
-                    "action": x.action,
-                    "considered": x.considered,
-                    "matched_permits": x.matched_permits,
-                    "matched_forbids": x.matched_forbids,
-                    "matched_asks": x.matched_asks,
-                    "errored": x.errored,
-                    "decision": {
-                        "verdict": policy_core::proto::verdict_from_proto(d.verdict),
-                        "reason": d.reason,
-                        "reason_code": d.reason_code,
-                        "policies": d.policies,
-                        "bundle_hash": d.bundle_hash,
-                    },
-                    "text": x.text,
-                });
-                anyhow::Ok((json, x.text))
+                anyhow::Ok(x)
             })??
         }
     };
+    let d = x.decision.clone().unwrap_or_default();
+    let json = serde_json::json!({
+        "action": x.action,
+        "considered": x.considered,
+        "matched_permits": x.matched_permits,
+        "matched_forbids": x.matched_forbids,
+        "matched_asks": x.matched_asks,
+        "errored": x.errored,
+        "decision": {
+            "verdict": policy_core::proto::verdict_from_proto(d.verdict),
+            "reason": d.reason,
+            "reason_code": d.reason_code,
+            "policies": d.policies,
+            "bundle_hash": d.bundle_hash,
+        },
+        "text": x.text,
+    });
+    let text = x.text;
     if args.json {
         println!("{json:#}");
     } else {

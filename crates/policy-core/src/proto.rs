@@ -420,3 +420,33 @@ pub fn bundle_files_from_proto(b: &v1::PolicyBundle) -> Vec<BundleFile> {
         })
         .collect()
 }
+
+/// An explanation on the wire, with its plain-language text.
+pub fn explanation_to_proto(
+    bundle: &Bundle,
+    event: &crate::Event,
+    decided_by: v1::DecidedBy,
+) -> v1::Explanation {
+    let x = bundle.explain(event);
+    let text = crate::explain_text(bundle, event, &x);
+    v1::Explanation {
+        decision: Some(decision_to_proto(
+            &x.decision,
+            "",
+            &event.event_id,
+            decided_by,
+            0,
+        )),
+        action: x.action.unwrap_or_default(),
+        considered: x.considered,
+        matched_permits: x.matched_permits,
+        matched_forbids: x.matched_forbids,
+        matched_asks: x.matched_asks,
+        errored: x
+            .errored
+            .into_iter()
+            .map(|(id, e)| format!("{id}: {e}"))
+            .collect(),
+        text,
+    }
+}

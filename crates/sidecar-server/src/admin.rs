@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use audit_store::AuditRecord;
 use hook_proto::v1::{self, revoke_request::Target};
-use policy_core::proto::{decision_to_proto, event_from_proto, revocations_to_proto};
+use policy_core::proto::{event_from_proto, explanation_to_proto, revocations_to_proto};
 use tonic::{Code, Request, Response, Status};
 
 use crate::service::{Inner, now_ms};
@@ -176,27 +176,10 @@ impl v1::admin_service_server::AdminService for AdminSvc {
         let event = event_from_proto(&wire)
             .map_err(|e| status(Code::InvalidArgument, "malformed_event", e.to_string()))?;
         let bundle = self.inner.policy.current();
-        let x = bundle.explain(&event);
-        let text = policy_core::explain_text(&bundle, &event, &x);
-        Ok(Response::new(v1::Explanation {
-            decision: Some(decision_to_proto(
-                &x.decision,
-                &wire.correlation_id,
-                &wire.event_id,
-                v1::DecidedBy::Server,
-                0,
-            )),
-            action: x.action.unwrap_or_default(),
-            considered: x.considered,
-            matched_permits: x.matched_permits,
-            matched_forbids: x.matched_forbids,
-            matched_asks: x.matched_asks,
-            errored: x
-                .errored
-                .into_iter()
-                .map(|(id, e)| format!("{id}: {e}"))
-                .collect(),
-            text,
-        }))
+        let mut x = explanation_to_proto(&bundle, &event, v1::DecidedBy::Server);
+        if let Some(d) = &mut x.decision {
+            d.correlation_id = wire.correlation_id;
+        }
+        Ok(Response::new(x))
     }
 }
