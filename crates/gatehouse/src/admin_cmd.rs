@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use hook_proto::v1;
 use policy_core::Event;
 
-use crate::adapters::Mapped;
 use crate::config::DEFAULT_LISTEN;
+use agent_adapters::Mapped;
 
 fn default_server() -> String {
     std::env::var("GATEHOUSE_SERVER").unwrap_or_else(|_| format!("http://{DEFAULT_LISTEN}"))
@@ -163,8 +163,9 @@ pub(crate) struct ExplainArgs {
     /// The event: one JSON object (`-` for stdin).
     #[arg(long)]
     event: PathBuf,
-    #[arg(long, value_enum, default_value = "gatehouse")]
-    format: crate::replay::Format,
+    /// How the event is written: gatehouse, or an agent's hook input.
+    #[arg(long, value_parser = crate::replay::format_parser(), default_value = "gatehouse")]
+    format: agent_adapters::Format,
     /// The principal, when the event does not name one.
     #[arg(long)]
     agent: Option<String>,
@@ -192,7 +193,7 @@ pub(crate) fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         };
     let x = match (&args.policies, &args.server) {
         (Some(dir), _) => {
-            let bundle = policy_core::Bundle::load(sidecar_server::read_bundle_dir(dir)?)
+            let bundle = policy_core::Bundle::load(bundle_dir::read_bundle_dir(dir)?)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             policy_core::proto::explanation_to_proto(&bundle, &event, v1::DecidedBy::InProcess)
         }

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::adapters::{Agent, Mapped, Outcome, Rendered};
+use agent_adapters::{Agent, Mapped, Outcome, Rendered};
 
 /// Largest hook input accepted on stdin.
 const MAX_INPUT: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct HookArgs {
-    #[arg(value_enum)]
+    #[arg(value_parser = crate::agent_parser())]
     agent: Agent,
     /// The relay's Unix socket [default: $GATEHOUSE_SOCKET, else the
     /// relay's default path, when it exists].
@@ -154,7 +154,7 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
         }
     }
     if let Some(dir) = &args.policies {
-        let local = sidecar_server::read_bundle_dir(dir)
+        let local = bundle_dir::read_bundle_dir(dir)
             .map_err(|e| e.to_string())
             .and_then(|files| policy_core::Bundle::load(files).map_err(|e| e.to_string()));
         match local {
@@ -204,6 +204,18 @@ fn via_socket(
     {
         let _ = (path, event, timeout);
         Err("Unix sockets are not available on this platform".into())
+    }
+}
+
+/// A client decision, reduced to what adapters render.
+pub(crate) fn outcome_from_client(d: sidecar_client::ClientDecision) -> Outcome {
+    Outcome {
+        verdict: d.verdict,
+        reason: d.reason,
+        reason_code: d.reason_code,
+        approval_id: d.approval_id,
+        output: d.output,
+        decided_by: d.decided_by.as_str().to_owned(),
     }
 }
 
@@ -284,6 +296,6 @@ fn via_server(url: &str, event: &policy_core::Event, timeout: Duration) -> Resul
         if d.decided_by != sidecar_client::DecidedBy::Server {
             return Err(format!("no answer within {} ms", timeout.as_millis()));
         }
-        Ok(Outcome::from_client(d))
+        Ok(outcome_from_client(d))
     })
 }

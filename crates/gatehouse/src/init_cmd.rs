@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::adapters::Agent;
+use agent_adapters::{Agent, HookSetup};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct InitArgs {
-    #[arg(value_enum)]
+    #[arg(value_parser = crate::agent_parser())]
     agent: Agent,
     /// Merge into the agent's settings file instead of printing.
     #[arg(long)]
@@ -24,85 +24,30 @@ pub(crate) struct InitArgs {
     /// command hook fails closed.
     #[arg(long)]
     http: bool,
-    /// Extra arguments for `gatehouse hook`, e.g. "--policies /etc/gatehouse".
-    #[arg(long, default_value = "")]
+    /// Extra arguments for `gatehouse hook`, e.g. "--policies /etc/gatehouse"
+    /// (both `--hook-args "--policies DIR"` and `--hook-args=…` work).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     hook_args: String,
     /// The relay address for --http.
     #[arg(long, default_value = crate::relay::DEFAULT_RELAY_LISTEN)]
     relay: String,
+    /// The gatehouse binary the hook runs [default: the absolute path of
+    /// this binary].
+    #[arg(long)]
+    program: Option<PathBuf>,
 }
 
-fn default_settings(agent: Agent) -> PathBuf {
-    PathBuf::from(match agent {
-        Agent::ClaudeCode => ".claude/settings.json",
-        Agent::Codex => ".codex/hooks.json",
-        Agent::Gemini => ".gemini/settings.json",
-        Agent::Cursor => ".cursor/hooks.json",
-        Agent::Copilot => ".github/hooks/gatehouse.json",
-        Agent::Cline => ".clinerules/hooks",
-        Agent::Windsurf => ".windsurf/hooks.json",
-    })
+/// The absolute path of the running binary, so the hook does not depend on
+/// the agent's PATH.
+fn this_program() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding the gatehouse binary")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    Ok(exe.display().to_string())
 }
 
 /// The hook configuration for `agent`.
-pub(crate) fn snippet(agent: Agent, http: bool, hook_args: &str, relay: &str) -> Value {
-    let cmd = format!(
-        "gatehouse hook {}{}{}",
-        agent.name(),
-        if hook_args.is_empty() { "" } else { " " },
-        hook_args
-    );
-    let url = format!("http://{relay}/v1/hooks/{}", agent.name());
-    match agent {
-        Agent::ClaudeCode | Agent::Codex => {
-            let handler = if http && agent == Agent::ClaudeCode {
-                json!({"type": "http", "url": url, "timeout": 30})
-            } else {
-                json!({"type": "command", "command": cmd, "timeout": 30})
-            };
-            let tool = json!([{"matcher": ".*", "hooks": [handler.clone()]}]);
-            let plain = json!([{"hooks": [handler]}]);
-            let mut hooks = json!({
-                "PreToolUse": tool,
-                "PermissionRequest": tool,
-                "PostToolUse": tool,
-                "UserPromptSubmit": plain,
-                "SessionStart": plain,
-            });
-            if agent == Agent::ClaudeCode {
-                hooks["PreCompact"] = plain;
-            }
-            json!({ "hooks": hooks })
-        }
-        Agent::Gemini => {
-            let h = json!([{"matcher": ".*", "hooks": [{"name": "gatehouse", "type": "command", "command": cmd, "timeout": 30000}]}]);
-            json!({"hooks": {"BeforeTool": h, "AfterTool": h, "BeforeAgent": h}})
-        }
-        Agent::Cursor => {
-            let h = json!([{"command": cmd, "timeout": 30, "failClosed": true}]);
-            json!({"version": 1, "hooks": {
-                "beforeShellExecution": h, "beforeMCPExecution": h, "beforeReadFile": h,
-                "preToolUse": h, "postToolUse": h, "beforeSubmitPrompt": h,
-            }})
-        }
-        Agent::Copilot => {
-            let handler = if http {
-                json!({"type": "http", "url": url, "timeoutSec": 30})
-            } else {
-                json!({"type": "command", "bash": cmd, "powershell": cmd, "timeoutSec": 30})
-            };
-            json!({"version": 1, "hooks": {"preToolUse": [handler.clone()], "postToolUse": [handler.clone()], "permissionRequest": [handler]}})
-        }
-        Agent::Windsurf => {
-            let h = json!([{"command": cmd, "show_output": true}]);
-            json!({"hooks": {"pre_run_command": h, "pre_write_code": h, "pre_read_code": h, "pre_mcp_tool_use": h, "pre_user_prompt": h}})
-        }
-        Agent::Cline => json!({
-            "PreToolUse": format!("#!/bin/sh\nexec {cmd}\n"),
-            "PostToolUse": format!("#!/bin/sh\nexec {cmd}\n"),
-            "UserPromptSubmit": format!("#!/bin/sh\nexec {cmd}\n"),
-        }),
-    }
+pub(crate) fn snippet(agent: Agent, setup: &HookSetup) -> Value {
+    agent.adapter().settings(setup)
 }
 
 /// Merges `add` into `base`: objects key by key, arrays by appending the
@@ -132,8 +77,17 @@ pub(crate) fn merge(base: &mut Value, add: &Value) {
 }
 
 pub(crate) fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let snip = snippet(args.agent, args.http, &args.hook_args, &args.relay);
-    if args.http && !matches!(args.agent, Agent::ClaudeCode | Agent::Copilot) {
+    let program = match &args.program {
+        Some(p) => std::path::absolute(p)?.display().to_string(),
+        None => this_program()?,
+    };
+    let setup = HookSetup {
+        program,
+        hook_args: args.hook_args.clone(),
+        http_relay: args.http.then(|| args.relay.clone()),
+    };
+    let snip = snippet(args.agent, &setup);
+    if args.http && !args.agent.adapter().has_http_hooks() {
         anyhow::bail!(
             "{} has no HTTP hook type; use the command hook",
             args.agent.name()
@@ -160,7 +114,7 @@ pub(crate) fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let path = args
         .settings
-        .unwrap_or_else(|| default_settings(args.agent));
+        .unwrap_or_else(|| PathBuf::from(args.agent.adapter().settings_path()));
     if args.agent == Agent::Cline {
         std::fs::create_dir_all(&path)?;
         for (name, script) in snip.as_object().into_iter().flatten() {
@@ -212,13 +166,21 @@ mod tests {
     #[test]
     fn merge_keeps_existing_settings_and_is_idempotent() {
         let mut settings = json!({"model": "opus", "hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "mine.sh"}]}]}});
-        let snip = snippet(Agent::ClaudeCode, false, "", "127.0.0.1:7470");
+        let setup = HookSetup {
+            program: "/opt/gate house/gatehouse".into(),
+            hook_args: String::new(),
+            http_relay: None,
+        };
+        let snip = snippet(Agent::ClaudeCode, &setup);
         merge(&mut settings, &snip);
         merge(&mut settings, &snip);
         assert_eq!(settings["model"], "opus");
         let pre = settings["hooks"]["PreToolUse"].as_array().unwrap();
         assert_eq!(pre.len(), 2, "{pre:?}");
         assert_eq!(pre[0]["hooks"][0]["command"], "mine.sh");
-        assert_eq!(pre[1]["hooks"][0]["command"], "gatehouse hook claude-code");
+        assert_eq!(
+            pre[1]["hooks"][0]["command"],
+            "'/opt/gate house/gatehouse' hook claude-code || { echo \"Gatehouse hook failed to run; blocking (fail-closed) (exit $?)\" >&2; exit 2; }"
+        );
     }
 }

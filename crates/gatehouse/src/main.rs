@@ -2,7 +2,6 @@
 //! inspect or verify the audit log. A thin shell over the library crates;
 //! it must never contain decision logic of its own.
 
-mod adapters;
 mod admin_cmd;
 mod audit_cmd;
 mod config;
@@ -10,6 +9,7 @@ mod hook;
 mod init_cmd;
 mod relay;
 mod replay;
+mod test_cmd;
 mod timefmt;
 
 use std::path::PathBuf;
@@ -45,8 +45,17 @@ enum Command {
     /// Inspect or verify the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
-    /// Print the built-in Cedar schema (copy it to extend it in a bundle).
-    Schema,
+    /// Print the built-in Cedar schema (copy it to extend it in a bundle),
+    /// or with --mcp the ToolInput fields an MCP server's tools list adds.
+    Schema {
+        /// An MCP server's `tools/list` result; the server name is the file
+        /// name without `.json` (as in a bundle's `mcp/<server>.json`).
+        #[arg(long)]
+        mcp: Option<PathBuf>,
+    },
+    /// Run the bundle's policy tests (DIR/tests/*.jsonl); exit 1 on any
+    /// failure.
+    Test(test_cmd::TestArgs),
     /// Decide every event of a recorded session and print one JSON
     /// decision per line.
     Replay(replay::ReplayArgs),
@@ -109,10 +118,12 @@ fn main() -> ExitCode {
             ttl,
             conn,
         } => admin_cmd::grant(approval_id, &ttl, &conn),
-        Command::Schema => {
+        Command::Schema { mcp: None } => {
             print!("{}", policy_core::BUILTIN_SCHEMA);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schema { mcp: Some(path) } => schema_mcp(&path),
+        Command::Test(args) => test_cmd::run(args),
     };
     match result {
         Ok(code) => code,
@@ -121,6 +132,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Parses an agent name (`claude-code`, `codex`, …) for clap.
+pub(crate) fn agent_parser() -> impl clap::builder::TypedValueParser<Value = agent_adapters::Agent>
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(agent_adapters::Agent::NAMES).try_map(|name| {
+        agent_adapters::Agent::from_name(&name).ok_or_else(|| format!("unknown agent `{name}`"))
+    })
 }
 
 pub(crate) fn init_logging() {
@@ -174,8 +194,27 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn schema_mcp(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let server = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("the file name names the server")?;
+    match policy_core::mcp_declarations(server, &text) {
+        Ok(decls) => {
+            print!("{decls}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 fn validate(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let files = sidecar_server::read_bundle_dir(dir)?;
+    let files = bundle_dir::read_bundle_dir(dir)?;
     let result = policy_core::Bundle::load(files);
     let (ok, errors, warnings, summary) = match &result {
         Ok(b) => (

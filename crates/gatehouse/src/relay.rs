@@ -19,7 +19,7 @@ use policy_core::Event;
 use serde::Deserialize;
 use sidecar_client::{Client, ClientConfig, FailMode, Session, SessionInfo, SpoolConfig};
 
-use crate::adapters::{Agent, Mapped, Outcome};
+use agent_adapters::{Agent, Mapped, Outcome};
 
 pub(crate) const DEFAULT_RELAY_LISTEN: &str = "127.0.0.1:7470";
 
@@ -124,7 +124,7 @@ impl Relay {
             event.agent_id.clone_from(p);
         }
         let session = self.session(&event);
-        Outcome::from_client(session.decide(event).await)
+        crate::hook::outcome_from_client(session.decide(event).await)
     }
 
     fn sweep(&self, idle: Duration) -> usize {
@@ -209,7 +209,7 @@ async fn hook_http(
 
 /// Over HTTP only the body counts: an exit-2 rendering becomes the legacy
 /// block JSON, which Claude Code and Copilot both obey.
-fn http_body(_agent: Agent, r: crate::adapters::Rendered, message: &str) -> Response {
+fn http_body(_agent: Agent, r: agent_adapters::Rendered, message: &str) -> Response {
     if r.exit_code == 2 {
         return json_response(serde_json::json!({"decision": "block", "reason": message, "permissionDecision": "deny", "permissionDecisionReason": message}).to_string());
     }
@@ -218,7 +218,7 @@ fn http_body(_agent: Agent, r: crate::adapters::Rendered, message: &str) -> Resp
 
 fn unavailable_http(
     agent: Agent,
-    h: Option<&crate::adapters::HookInput>,
+    h: Option<&agent_adapters::HookInput>,
     why: &str,
     fail_open: bool,
 ) -> Response {
@@ -294,7 +294,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
     });
     let bootstrap = policies
         .as_ref()
-        .map(|p| sidecar_server::read_bundle_dir(p))
+        .map(|p| bundle_dir::read_bundle_dir(p))
         .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

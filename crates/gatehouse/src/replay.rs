@@ -11,14 +11,13 @@ use anyhow::Context as _;
 use policy_core::Event;
 use sidecar_client::{Client, ClientConfig, Session, SessionInfo};
 
-use crate::adapters::{self, Mapped};
+use agent_adapters::{Format, Mapped};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Format {
-    /// Gatehouse's own event JSON (see docs/policy-model.md).
-    Gatehouse,
-    /// Claude Code hook input objects.
-    ClaudeCode,
+/// Parses `--format`: `gatehouse` or an agent name.
+pub(crate) fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Format::names())
+        .try_map(|name| Format::parse(&name).ok_or_else(|| format!("unknown format `{name}`")))
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,7 +32,9 @@ pub(crate) struct ReplayArgs {
     /// The principal [default: the event's agent_id, else the runtime name].
     #[arg(long)]
     agent: Option<String>,
-    #[arg(long, value_enum, default_value = "gatehouse")]
+    /// How events are written: gatehouse, or an agent's hook input
+    /// (claude-code, codex, gemini, cursor, copilot, cline, windsurf).
+    #[arg(long, value_parser = format_parser(), default_value = "gatehouse")]
     format: Format,
     /// Per-event deadline when deciding through a server.
     #[arg(long, default_value_t = 5000)]
@@ -68,7 +69,7 @@ fn reader(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut decider = match (&args.server, &args.local) {
         (_, Some(dir)) => Decider::Local(Box::new(
-            policy_core::Bundle::load(sidecar_server::read_bundle_dir(dir)?)
+            policy_core::Bundle::load(bundle_dir::read_bundle_dir(dir)?)
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         )),
         (Some(url), None) => Decider::Server {
@@ -123,21 +124,7 @@ pub(crate) fn parse_line(
     agent: Option<&str>,
 ) -> anyhow::Result<Mapped> {
     let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
-    match format {
-        Format::Gatehouse => {
-            let mut e: Event = serde_json::from_value(value).context("not a Gatehouse event")?;
-            if let Some(a) = agent {
-                e.agent_id = a.to_owned();
-            } else if e.agent_id.is_empty() {
-                e.agent_id.clone_from(&e.runtime);
-            }
-            Ok(Mapped::Event(Box::new(e)))
-        }
-        Format::ClaudeCode => Ok(adapters::claude::map_input(
-            &value,
-            agent.unwrap_or(adapters::claude::RUNTIME),
-        )?),
-    }
+    Ok(agent_adapters::map_event(format, value, agent)?)
 }
 
 async fn decide(
@@ -151,10 +138,12 @@ async fn decide(
     Ok(match decider {
         Decider::Local(bundle) => {
             let d = bundle.evaluate(&event);
+            let output = is_post(&event).then(|| agent_adapters::verdict_word(&event, &d));
             serde_json::json!({
                 "line": line,
                 "event_id": event.event_id,
                 "verdict": d.verdict,
+                "output_verdict": output,
                 "reason_code": d.reason_code,
                 "decided_by": "in_process",
                 "policies": d.policies,
@@ -177,11 +166,14 @@ async fn decide(
                 sessions.insert(key.clone(), s);
             }
             let session = sessions.get(&key).context("session")?;
+            let post = is_post(&event);
             let d = session.decide(event).await;
+            let output = post.then(|| crate::hook::outcome_from_client(d.clone()).output_verdict());
             serde_json::json!({
                 "line": line,
                 "event_id": d.event_id,
                 "verdict": d.verdict,
+                "output_verdict": output.map(|o| o.as_str()),
                 "reason_code": d.reason_code,
                 "decided_by": d.decided_by.as_str(),
                 "policies": d.policies,
@@ -189,4 +181,8 @@ async fn decide(
             })
         }
     })
+}
+
+fn is_post(event: &Event) -> bool {
+    matches!(event.kind, policy_core::EventKind::PostToolUse { .. })
 }

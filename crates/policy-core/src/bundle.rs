@@ -11,7 +11,7 @@ use std::str::FromStr;
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
     PolicySet, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode,
-    Validator,
+    ValidationWarning, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -81,6 +81,7 @@ pub(crate) struct StoredEntity {
 pub(crate) struct TypeNames {
     pub(crate) agent: EntityTypeName,
     pub(crate) tool: EntityTypeName,
+    pub(crate) tool_group: EntityTypeName,
     pub(crate) package: EntityTypeName,
     pub(crate) model: EntityTypeName,
     pub(crate) memory: EntityTypeName,
@@ -138,7 +139,19 @@ impl Bundle {
                 ..BundleConfig::default()
             },
         };
-        let compiled = compile_schema(schema_file, schema_text, &config, &mut diags);
+        // MCP servers' tool lists: their arguments become ToolInput fields.
+        let mut servers = BTreeMap::new();
+        for f in &files {
+            if let Some(server) = crate::mcp::server_of(&f.path) {
+                match crate::mcp::parse(server, &f.content) {
+                    Ok(parsed) => {
+                        servers.insert(server.to_owned(), (f.path.clone(), parsed));
+                    }
+                    Err(msg) => diags.push(whole_file(&f.path, msg)),
+                }
+            }
+        }
+        let compiled = compile_schema(schema_file, schema_text, &config, &servers, &mut diags);
 
         // Policies, each re-keyed by its @id.
         let mut policies = HashMap::new();
@@ -149,6 +162,7 @@ impl Bundle {
         }
         for file in &files {
             let known = file.path.ends_with(".cedar")
+                || crate::mcp::server_of(&file.path).is_some()
                 || file.path == CONFIG_FILE
                 || file.path == SCHEMA_FILE
                 || file.path == ENTITIES_FILE
@@ -194,14 +208,51 @@ impl Bundle {
                     &format!("policy `{}`: ", err.policy_id()),
                 ));
             }
-            for warn in result.validation_warnings() {
-                let info = policies.get(warn.policy_id());
-                let (file, text) = locate(&files, info);
-                warnings.push(from_miette(&file, text, warn, "warning: "));
-            }
             match declared_fields(fragment_json, "ToolInput") {
                 Ok(f) => input_fields = f,
                 Err(msg) => diags.push(whole_file(schema_file, msg)),
+            }
+            for warn in result.validation_warnings() {
+                let info = policies.get(warn.policy_id());
+                let (file, text) = locate(&files, info);
+                let never_applies = matches!(
+                    warn,
+                    ValidationWarning::ImpossiblePolicy(_)
+                        | ValidationWarning::InvalidActionApplication(_)
+                );
+                match info {
+                    // A forbid (asks included) that can never apply is a
+                    // silent hole in the guard rails: refuse the bundle.
+                    Some(i) if never_applies && i.effect == Effect::Forbid => {
+                        let source = all
+                            .iter()
+                            .find(|p| p.id() == warn.policy_id())
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        let hint = dead_policy_hint(&source, &input_fields, &servers);
+                        diags.push(from_miette(
+                            &file,
+                            text,
+                            warn,
+                            &format!(
+                                "forbid `{}` can never apply, so it would guard nothing{hint}: ",
+                                warn.policy_id()
+                            ),
+                        ));
+                    }
+                    // A permit that can never apply fails closed (what it
+                    // meant to allow stays denied): a warning.
+                    Some(_) if never_applies => warnings.push(from_miette(
+                        &file,
+                        text,
+                        warn,
+                        &format!(
+                            "warning: permit `{}` can never apply (what it allows stays denied): ",
+                            warn.policy_id()
+                        ),
+                    )),
+                    _ => warnings.push(from_miette(&file, text, warn, "warning: ")),
+                }
             }
             match declared_fields(fragment_json, "Metadata") {
                 Ok(f) => metadata_fields = f,
@@ -289,6 +340,7 @@ fn compile_schema(
     file: &str,
     text: &str,
     config: &BundleConfig,
+    servers: &BTreeMap<String, (String, crate::mcp::McpServer)>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(Schema, serde_json::Value)> {
     let fragment = match SchemaFragment::from_cedarschema_str(text) {
@@ -298,14 +350,30 @@ fn compile_schema(
             return None;
         }
     };
-    let json = match fragment.to_json_value() {
+    let mut json = match fragment.to_json_value() {
         Ok(json) => json,
         Err(e) => {
             diags.push(whole_file(file, format!("schema: {e}")));
             return None;
         }
     };
-    let (main, _) = SchemaFragment::from_cedarschema_str(text).ok()?;
+    let main = if servers.is_empty() {
+        SchemaFragment::from_cedarschema_str(text).ok()?.0
+    } else {
+        let declared = declared_fields(&json, "ToolInput").unwrap_or_default();
+        let errors = crate::mcp::extend_tool_input(&mut json, NAMESPACE, servers, &declared);
+        if !errors.is_empty() {
+            diags.extend(errors.into_iter().map(|(f, m)| whole_file(&f, m)));
+            return None;
+        }
+        match SchemaFragment::from_json_value(json.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(whole_file(file, format!("schema with MCP arguments: {e}")));
+                return None;
+            }
+        }
+    };
     let generated = crate::config::matchers_schema(config);
     let matchers = match SchemaFragment::from_cedarschema_str(&generated) {
         Ok((f, _)) => f,
@@ -387,6 +455,72 @@ fn parse_policy_file(
     }
 }
 
+/// Why a policy can never apply, in the author's terms: the `context.input`
+/// fields it tests that the schema does not declare, with the closest
+/// declared name (a typo) or the MCP tool list to add.
+fn dead_policy_hint(
+    source: &str,
+    declared: &[(String, FieldType)],
+    servers: &BTreeMap<String, (String, crate::mcp::McpServer)>,
+) -> String {
+    let field =
+        regex::Regex::new(r#"context\.input\s*(?:has\s+"?|\.|\[")([A-Za-z_][A-Za-z0-9_]*)"#);
+    let server = regex::Regex::new(
+        r#"(?:resource\.server\s*==\s*"|Tool::"mcp__)([A-Za-z0-9_.-]+?)(?:"|__)"#,
+    );
+    let (Ok(field), Ok(server)) = (field, server) else {
+        return String::new();
+    };
+    let mut unknown: Vec<&str> = field
+        .captures_iter(source)
+        .filter_map(|c| c.get(1).map(|m| m.as_str()))
+        .filter(|name| !declared.iter().any(|(d, _)| d == name))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    let server_name = server
+        .captures(source)
+        .and_then(|c| c.get(1))
+        .map_or("<server>", |m| m.as_str());
+    let mut parts = Vec::new();
+    for name in unknown {
+        let close = declared
+            .iter()
+            .map(|(d, _)| (edit_distance(d, name), d))
+            .filter(|(d, _)| *d <= 2)
+            .min();
+        let mut part = format!("`context.input.{name}` is not a declared input field");
+        match close {
+            Some((_, d)) => part.push_str(&format!(" (did you mean `{d}`?)")),
+            None if !servers.contains_key(server_name) => part.push_str(&format!(
+                " (if it is an MCP tool's argument, add mcp/{server_name}.json: the server's \
+                 `tools/list` result; `gatehouse schema --mcp FILE` shows what it declares)"
+            )),
+            None => part.push_str(&format!(" (mcp/{server_name}.json does not declare it)")),
+        }
+        parts.push(part);
+    }
+    format!(": {}", parts.join("; "))
+}
+
+/// Levenshtein distance, for "did you mean" hints on short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// The attributes of common type `Gatehouse::<name>` that the context builder
 /// can fill. Every one must be optional.
 fn declared_fields(
@@ -463,6 +597,7 @@ pub(crate) fn type_names() -> TypeNames {
     TypeNames {
         agent: t("Agent"),
         tool: t("Tool"),
+        tool_group: t("ToolGroup"),
         package: t("Package"),
         model: t("Model"),
         memory: t("Memory"),

@@ -11,6 +11,7 @@ use cedar_policy::{
 use crate::bundle::{Bundle, FieldType, StoredEntity, uid};
 use crate::decision::{Decision, ReasonCode, Verdict};
 use crate::event::{Event, EventKind, Usage};
+use crate::tools::{Target, targets, tool_groups};
 
 /// Metadata keys that clients may not set: Gatehouse derives them.
 pub const RESERVED_METADATA_KEYS: [&str; 1] = ["agent_id"];
@@ -97,18 +98,38 @@ impl Bundle {
     }
 
     /// Cedar alone, with `findings` exposed as `context.output.findings`.
+    /// A tool call that touches several files (or URLs) is decided once per
+    /// file: any DENY denies the call, else any ASK asks.
     pub(crate) fn cedar(&self, event: &Event, findings: &[String]) -> Decision {
-        match self.prepare(event, findings) {
-            Prepared::Decided(d) => *d,
-            Prepared::Ready {
-                slice,
-                req,
-                entities,
-            } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
+        let targets = match event_targets(event) {
+            Ok(t) => t,
+            Err(why) => return Decision::deny(ReasonCode::MalformedEvent, why, &self.hash),
+        };
+        let mut result: Option<Decision> = None;
+        for target in &targets {
+            let d = match self.prepare(event, findings, target) {
+                Prepared::Decided(d) => *d,
+                Prepared::Ready {
+                    slice,
+                    req,
+                    entities,
+                } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
+            };
+            let deny = d.verdict == Verdict::Deny;
+            result = Some(match result {
+                Some(prev) if severity(prev.verdict) >= severity(d.verdict) => prev,
+                _ => d,
+            });
+            if deny {
+                break;
+            }
         }
+        result.unwrap_or_else(|| {
+            Decision::deny(ReasonCode::PolicyError, "nothing to decide", &self.hash)
+        })
     }
 
-    fn prepare(&self, event: &Event, findings: &[String]) -> Prepared<'_> {
+    fn prepare(&self, event: &Event, findings: &[String], target: &Target) -> Prepared<'_> {
         let deny = |code, reason: String| {
             Prepared::Decided(Box::new(Decision::deny(code, reason, &self.hash)))
         };
@@ -133,7 +154,7 @@ impl Bundle {
                 format!("no such action `{action}`"),
             );
         };
-        match self.request(event, action, findings) {
+        match self.request(event, action, findings, target) {
             Ok((req, entities)) => Prepared::Ready {
                 slice: req.resource().map_or(&index.general, |r| index.slice(r)),
                 req,
@@ -145,6 +166,34 @@ impl Bundle {
 
     /// Decides one event and reports what was considered and what matched.
     pub fn explain(&self, event: &Event) -> Explanation {
+        let targets = match event_targets(event) {
+            Ok(t) => t,
+            Err(why) => {
+                let mut out = self.explain_target(event, &Target::default());
+                out.decision = Decision::deny(ReasonCode::MalformedEvent, why, &self.hash);
+                return out;
+            }
+        };
+        // The target that decides the call: the first with the most severe
+        // verdict, as in `cedar`.
+        let mut best: Option<Explanation> = None;
+        for target in &targets {
+            let e = self.explain_target(event, target);
+            let deny = e.decision.verdict == Verdict::Deny;
+            best = Some(match best {
+                Some(prev) if severity(prev.decision.verdict) >= severity(e.decision.verdict) => {
+                    prev
+                }
+                _ => e,
+            });
+            if deny {
+                break;
+            }
+        }
+        best.unwrap_or_else(|| self.explain_target(event, &Target::default()))
+    }
+
+    fn explain_target(&self, event: &Event, target: &Target) -> Explanation {
         let mut out = Explanation {
             action: event.kind.action().map(str::to_owned),
             considered: Vec::new(),
@@ -154,7 +203,7 @@ impl Bundle {
             errored: Vec::new(),
             decision: Decision::deny(ReasonCode::PolicyError, "", &self.hash),
         };
-        let (slice, req, entities) = match self.prepare(event, &[]) {
+        let (slice, req, entities) = match self.prepare(event, &[], target) {
             Prepared::Decided(d) => {
                 out.decision = *d;
                 return out;
@@ -317,19 +366,29 @@ impl Bundle {
         event: &Event,
         action: &str,
         findings: &[String],
+        target: &Target,
     ) -> Result<(Request, Entities), String> {
         let t = &self.types;
         let principal = uid(&t.agent, &event.agent_id);
         let action_uid = uid(&t.action, action);
         let (resource, synthesized) = self.resource(event);
         let context = self
-            .context(event, findings)
+            .context(event, findings, target)
             .map_err(|e| format!("context: {e}"))?;
 
         let mut wanted: Vec<Entity> = Vec::with_capacity(4);
         let mut included: HashSet<EntityUid> = HashSet::new();
-        self.push_entity(&principal, HashMap::new(), &mut wanted, &mut included)?;
-        self.push_entity(&resource, synthesized, &mut wanted, &mut included)?;
+        self.push_entity(&principal, HashMap::new(), &[], &mut wanted, &mut included)?;
+        let groups: Vec<EntityUid> = match &event.kind {
+            EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
+                tool_groups(tool_name)
+                    .into_iter()
+                    .map(|g| uid(&t.tool_group, g.name()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        self.push_entity(&resource, synthesized, &groups, &mut wanted, &mut included)?;
         let entities =
             Entities::from_entities(wanted, None).map_err(|e| format!("entities: {e}"))?;
         let req = Request::new(principal, action_uid, resource, context, None)
@@ -339,10 +398,14 @@ impl Bundle {
 
     /// Adds `uid` (bundle attributes merged over `extra`) and the bundle
     /// entities of its ancestors, each once.
+    /// `builtin_parents` are built-in groups `uid` is in besides what
+    /// `entities.json` says (a tool's tool groups), with their own
+    /// ancestors from the bundle.
     fn push_entity(
         &self,
         uid: &EntityUid,
         extra: HashMap<String, RestrictedExpression>,
+        builtin_parents: &[EntityUid],
         out: &mut Vec<Entity>,
         included: &mut HashSet<EntityUid>,
     ) -> Result<(), String> {
@@ -361,6 +424,12 @@ impl Bundle {
                 attrs.insert(k.clone(), v.clone());
             }
             ancestors.clone_from(anc);
+        }
+        for parent in builtin_parents {
+            ancestors.insert(parent.clone());
+            if let Some(s) = self.entities.get(parent) {
+                ancestors.extend(s.ancestors.iter().cloned());
+            }
         }
         for anc in &ancestors {
             if let Some(s) = self.entities.get(anc)
@@ -429,7 +498,12 @@ impl Bundle {
         (uid, attrs)
     }
 
-    fn context(&self, event: &Event, findings: &[String]) -> Result<Context, String> {
+    fn context(
+        &self,
+        event: &Event,
+        findings: &[String],
+        target: &Target,
+    ) -> Result<Context, String> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
         let mut pairs: Vec<(String, RestrictedExpression)> = vec![
@@ -556,8 +630,46 @@ impl Bundle {
             EventKind::SessionEnd { reason } => pairs.push(("reason".into(), s(reason))),
         }
         pairs.push(("cwd".into(), s(cwd)));
+        for (name, value) in [
+            ("command", &target.command),
+            ("file_path", &target.file_path),
+            ("url", &target.url),
+        ] {
+            if let Some(v) = value {
+                pairs.push((name.into(), s(v)));
+            }
+        }
         pairs.push(("input".into(), record(&self.input_fields, input)?));
         Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
+}
+
+/// The targets a tool event is decided for (see [`crate::tools::targets`]);
+/// every other event has one empty target.
+fn event_targets(event: &Event) -> Result<Vec<Target>, String> {
+    match &event.kind {
+        EventKind::PreToolUse {
+            tool_name,
+            input,
+            cwd,
+            ..
+        }
+        | EventKind::PostToolUse {
+            tool_name,
+            input,
+            cwd,
+            ..
+        } => targets(tool_name, input, cwd),
+        _ => Ok(vec![Target::default()]),
+    }
+}
+
+/// How strongly a verdict stops a call: DENY over ASK over ALLOW.
+fn severity(v: Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Ask => 1,
+        Verdict::Deny => 2,
     }
 }
 
@@ -787,7 +899,7 @@ when { resource.is_mcp && resource has server && resource.server == "github" };
                 *tool_name = tool.into();
             }
             let (req, entities) = b
-                .request(&e, "call_tool", &[])
+                .request(&e, "call_tool", &[], &Target::default())
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut all = cedar_policy::PolicySet::new();
             let sets = b

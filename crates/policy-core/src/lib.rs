@@ -18,8 +18,10 @@ mod event;
 mod explain;
 mod guards;
 mod limits;
+mod mcp;
 #[cfg(feature = "proto")]
 pub mod proto;
+mod tools;
 
 pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE};
 pub use self::config::{DEFAULT_MAX_LIMIT_KEYS, KeyPart};
@@ -34,3 +36,7 @@ pub use self::event::{ACTIONS, Event, EventKind, Usage};
 pub use self::explain::explain_text;
 pub use self::guards::{Evidence, OutputDecision, OutputVerdict};
 pub use self::limits::{BudgetEntry, LimitState};
+pub use self::mcp::mcp_declarations;
+pub use self::tools::{
+    MAX_TARGETS, Target, ToolGroup, is_mcp_tool, resolve, shell_quote, targets, tool_groups,
+};

@@ -5,14 +5,60 @@ use serde_json::Value;
 
 use serde_json::json;
 
-use super::{BadInput, HookInput, Mapped, Outcome, Rendered, is_mcp, str_field};
+use crate::setup::Failure;
+use crate::{
+    Adapter, Agent, BadInput, HookInput, HookSetup, Mapped, Outcome, Rendered, is_mcp, str_field,
+};
 use policy_core::{OutputVerdict, Verdict};
 
 /// The runtime name Claude Code events carry.
-pub(crate) const RUNTIME: &str = "claude-code";
+pub const RUNTIME: &str = "claude-code";
+
+#[derive(Debug)]
+pub(crate) struct ClaudeCode;
+
+impl Adapter for ClaudeCode {
+    fn map(&self, input: &Value, principal: &str) -> Result<(String, Mapped), BadInput> {
+        let m = map_input(input, principal)?;
+        Ok((str_field(input, "hook_event_name").to_owned(), m))
+    }
+
+    fn render(&self, h: &HookInput, o: &Outcome) -> Rendered {
+        render(h, o)
+    }
+
+    fn settings(&self, setup: &HookSetup) -> Value {
+        let handler = match setup.url(Agent::ClaudeCode) {
+            Some(url) => json!({"type": "http", "url": url, "timeout": 30}),
+            None => json!({
+                "type": "command",
+                "command": setup.guarded(Agent::ClaudeCode, Failure::Exit2),
+                "timeout": 30,
+            }),
+        };
+        let tool = json!([{"matcher": ".*", "hooks": [handler.clone()]}]);
+        let plain = json!([{"hooks": [handler]}]);
+        json!({"hooks": {
+            "PreToolUse": tool,
+            "PermissionRequest": tool,
+            "PostToolUse": tool,
+            "UserPromptSubmit": plain,
+            "SessionStart": plain,
+            "PreCompact": plain,
+        }})
+    }
+
+    fn settings_path(&self) -> &'static str {
+        ".claude/settings.json"
+    }
+
+    fn has_http_hooks(&self) -> bool {
+        true
+    }
+}
 
 /// Maps one Claude Code hook input object. `agent` is the principal.
-pub(crate) fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
+pub fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
     let Some(obj) = input.as_object() else {
         return Err(BadInput("hook input is not a JSON object".into()));
     };
@@ -78,7 +124,7 @@ pub(crate) fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> 
 /// Gatehouse has no objection and Claude Code's own permission rules and
 /// prompts still apply. Decisions go in JSON on stdout with exit 0 (exit 2
 /// would show the model the hook's whole command line).
-pub(crate) fn render(h: &HookInput, o: &Outcome) -> Rendered {
+fn render(h: &HookInput, o: &Outcome) -> Rendered {
     let event = h.hook_event.as_str();
     let msg = o.message();
     match (event, o.verdict) {

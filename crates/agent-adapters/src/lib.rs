@@ -1,17 +1,34 @@
-//! Agent hook formats: how each agent's hook JSON maps to a Gatehouse
-//! event, and how a decision maps back to what that agent reads (stdout
-//! JSON, stderr, exit code). Every failure to decide goes through the
-//! agent's own blocking mechanism unless fail-open is configured.
+//! agent-adapters holds Gatehouse's agent hook formats: how each agent's
+//! hook JSON maps to a Gatehouse event, how a decision maps back to what
+//! that agent reads (stdout JSON, stderr, exit code), and the hook
+//! configuration `gatehouse init` writes for it. One module per agent, each
+//! behind the [`Adapter`] trait.
+//!
+//! It must never decide anything (decisions are policy-core's), do IO, or
+//! let a failure to decide render as anything but the agent's own blocking
+//! answer, unless the operator configured fail-open.
 
-pub(crate) mod claude;
-mod others;
+mod cases;
+mod claude;
+mod cline;
+mod codex;
+mod copilot;
+mod cursor;
+mod gemini;
+mod setup;
+mod windsurf;
+
+pub use self::cases::{Format, TestCase, TestResult, map_event, run_tests, verdict_word};
+pub use self::claude::{RUNTIME as CLAUDE_RUNTIME, map_input as map_claude_input};
+pub use self::setup::HookSetup;
+pub use policy_core::shell_quote;
 
 use policy_core::{Event, EventKind, OutputDecision, OutputVerdict, Verdict};
 use serde_json::Value;
 
 /// What an agent's hook input means for policy.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Mapped {
+pub enum Mapped {
     /// An event to decide.
     Event(Box<Event>),
     /// A hook event that carries no decision (notifications, stops).
@@ -21,15 +38,15 @@ pub(crate) enum Mapped {
 /// A hook input that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct BadInput(pub(crate) String);
+pub struct BadInput(pub String);
 
-pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+pub fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The agents Gatehouse has adapters for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Agent {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Agent {
     ClaudeCode,
     Codex,
     Gemini,
@@ -40,7 +57,7 @@ pub(crate) enum Agent {
 }
 
 impl Agent {
-    pub(crate) const ALL: [Agent; 7] = [
+    pub const ALL: [Agent; 7] = [
         Self::ClaudeCode,
         Self::Codex,
         Self::Gemini,
@@ -51,59 +68,51 @@ impl Agent {
     ];
 
     /// The runtime name, also the hook path segment (`/v1/hooks/<name>`).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::ClaudeCode => "claude-code",
-            Self::Codex => "codex",
-            Self::Gemini => "gemini",
-            Self::Cursor => "cursor",
-            Self::Copilot => "copilot",
-            Self::Cline => "cline",
-            Self::Windsurf => "windsurf",
-        }
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
     }
 
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
+    /// Every agent's name, in [`Agent::ALL`] order.
+    pub const NAMES: [&'static str; 7] = [
+        "claude-code",
+        "codex",
+        "gemini",
+        "cursor",
+        "copilot",
+        "cline",
+        "windsurf",
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 }
 
 /// A mapped hook input with what rendering needs.
 #[derive(Debug, Clone)]
-pub(crate) struct HookInput {
+pub struct HookInput {
     /// The agent's own event name, e.g. `PreToolUse`, `beforeShellExecution`.
-    pub(crate) hook_event: String,
-    pub(crate) mapped: Mapped,
+    pub hook_event: String,
+    pub mapped: Mapped,
     /// The raw input (some outputs echo parts of it).
-    pub(crate) raw: Value,
+    pub raw: Value,
 }
 
 /// A decision, reduced to what adapters render (also the relay's answer
 /// to `gatehouse hook`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Outcome {
-    pub(crate) verdict: Verdict,
-    pub(crate) reason: String,
-    pub(crate) reason_code: String,
-    pub(crate) approval_id: Option<String>,
-    pub(crate) output: Option<OutputDecision>,
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub reason: String,
+    pub reason_code: String,
+    pub approval_id: Option<String>,
+    pub output: Option<OutputDecision>,
     #[serde(default)]
-    pub(crate) decided_by: String,
+    pub decided_by: String,
 }
 
 impl Outcome {
-    pub(crate) fn from_client(d: sidecar_client::ClientDecision) -> Self {
-        Self {
-            verdict: d.verdict,
-            reason: d.reason,
-            reason_code: d.reason_code,
-            approval_id: d.approval_id,
-            output: d.output,
-            decided_by: d.decided_by.as_str().to_owned(),
-        }
-    }
-
-    pub(crate) fn from_core(d: policy_core::Decision, decided_by: &str) -> Self {
+    pub fn from_core(d: policy_core::Decision, decided_by: &str) -> Self {
         Self {
             verdict: d.verdict,
             reason: d.reason,
@@ -116,7 +125,7 @@ impl Outcome {
 
     /// The text shown for a DENY or ASK: the reason, the code, and for an
     /// ASK how to approve it.
-    pub(crate) fn message(&self) -> String {
+    pub fn message(&self) -> String {
         let mut m = if self.reason.is_empty() {
             format!("Blocked by Gatehouse policy ({})", self.reason_code)
         } else {
@@ -135,7 +144,7 @@ impl Outcome {
 
     /// The post-event outcome: BLOCK for a denied output, else the guard
     /// pipeline's verdict.
-    pub(crate) fn output_verdict(&self) -> OutputVerdict {
+    pub fn output_verdict(&self) -> OutputVerdict {
         if self.verdict == Verdict::Deny {
             return OutputVerdict::Block;
         }
@@ -144,21 +153,21 @@ impl Outcome {
             .map_or(OutputVerdict::Allow, |o| o.verdict)
     }
 
-    pub(crate) fn redacted(&self) -> Option<&Value> {
+    pub fn redacted(&self) -> Option<&Value> {
         self.output.as_ref().and_then(|o| o.redacted.as_ref())
     }
 }
 
 /// What the hook process prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rendered {
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    pub(crate) exit_code: i32,
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
 }
 
 impl Rendered {
-    pub(crate) fn json(v: Value) -> Self {
+    pub fn json(v: Value) -> Self {
         Self {
             stdout: v.to_string(),
             stderr: String::new(),
@@ -166,7 +175,7 @@ impl Rendered {
         }
     }
 
-    pub(crate) fn nothing() -> Self {
+    pub fn nothing() -> Self {
         Self {
             stdout: String::new(),
             stderr: String::new(),
@@ -174,7 +183,7 @@ impl Rendered {
         }
     }
 
-    pub(crate) fn exit2(message: &str) -> Self {
+    pub fn exit2(message: &str) -> Self {
         Self {
             stdout: String::new(),
             stderr: message.to_owned(),
@@ -200,16 +209,46 @@ pub(crate) fn redacted_as_text(o: &Outcome) -> String {
     )
 }
 
+/// One agent's hook protocol. Every agent has exactly one implementation,
+/// reached through [`Agent::adapter`].
+pub trait Adapter: Sync {
+    /// Maps one hook input to the agent's event name and what it means.
+    fn map(&self, input: &Value, principal: &str) -> Result<(String, Mapped), BadInput>;
+    /// Renders a decision the way this agent reads it.
+    fn render(&self, h: &HookInput, o: &Outcome) -> Rendered;
+    /// The hook configuration for this agent: the JSON merged into its
+    /// settings file, or (Cline) a map of hook file name to script. Every
+    /// command entry blocks when the hook binary is missing or crashes,
+    /// through the agent's own mechanism.
+    fn settings(&self, setup: &HookSetup) -> Value;
+    /// The project-level settings file (or, for Cline, hooks directory).
+    fn settings_path(&self) -> &'static str;
+    /// Whether the agent has an HTTP hook type the relay can serve.
+    fn has_http_hooks(&self) -> bool {
+        false
+    }
+}
+
 impl Agent {
+    /// This agent's adapter.
+    pub fn adapter(self) -> &'static dyn Adapter {
+        match self {
+            Self::ClaudeCode => &claude::ClaudeCode,
+            Self::Codex => &codex::Codex,
+            Self::Gemini => &gemini::Gemini,
+            Self::Cursor => &cursor::Cursor,
+            Self::Copilot => &copilot::Copilot,
+            Self::Cline => &cline::Cline,
+            Self::Windsurf => &windsurf::Windsurf,
+        }
+    }
+
     /// Maps one hook input.
-    pub(crate) fn map(self, input: Value, principal: &str) -> Result<HookInput, BadInput> {
-        let (hook_event, mapped) = match self {
-            Self::ClaudeCode => {
-                let m = claude::map_input(&input, principal)?;
-                (str_field(&input, "hook_event_name").to_owned(), m)
-            }
-            other => others::map_input(other, &input, principal)?,
-        };
+    pub fn map(self, input: Value, principal: &str) -> Result<HookInput, BadInput> {
+        if !input.is_object() {
+            return Err(BadInput("hook input is not a JSON object".into()));
+        }
+        let (hook_event, mapped) = self.adapter().map(&input, principal)?;
         Ok(HookInput {
             hook_event,
             mapped,
@@ -217,17 +256,18 @@ impl Agent {
         })
     }
 
-    /// Renders a decision the way this agent reads it.
-    pub(crate) fn render(self, h: &HookInput, o: &Outcome) -> Rendered {
-        match self {
-            Self::ClaudeCode => claude::render(h, o),
-            other => others::render(other, h, o),
+    /// Renders a decision the way this agent reads it. Inputs that carry no
+    /// decision render as nothing for every agent.
+    pub fn render(self, h: &HookInput, o: &Outcome) -> Rendered {
+        if matches!(h.mapped, Mapped::NoDecision { .. }) {
+            return Rendered::nothing();
         }
+        self.adapter().render(h, o)
     }
 
     /// Renders "no decision could be made". Fail-closed (the default)
     /// blocks through the agent's own mechanism; fail-open lets it through.
-    pub(crate) fn render_unavailable(
+    pub fn render_unavailable(
         self,
         h: Option<&HookInput>,
         reason: &str,
@@ -326,3 +366,38 @@ pub(crate) fn is_mcp(tool: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+fn need<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str, BadInput> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| BadInput(format!("{what} input has no `{key}`")))
+}
+
+/// An input in Claude Code's format from another runtime.
+fn claude_like(v: &Value, principal: &str, runtime: &str) -> Result<(String, Mapped), BadInput> {
+    let hook = need(v, "hook_event_name", runtime)?.to_owned();
+    let mapped = match claude::map_input(v, principal)? {
+        Mapped::Event(mut e) => {
+            e.runtime = runtime.into();
+            Mapped::Event(e)
+        }
+        other => other,
+    };
+    Ok((hook, mapped))
+}
+
+fn is_post(h: &HookInput) -> bool {
+    matches!(&h.mapped, Mapped::Event(e) if matches!(e.kind, EventKind::PostToolUse { .. }))
+}
+
+fn tool_name(h: &HookInput) -> &str {
+    match &h.mapped {
+        Mapped::Event(e) => match &e.kind {
+            EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
+                tool_name
+            }
+            _ => "",
+        },
+        Mapped::NoDecision { .. } => "",
+    }
+}
