@@ -8,7 +8,8 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci            fmt check, clippy -D warnings, every test, conformance
+  ci            fmt check, clippy -D warnings, every test, conformance,
+                and `gatehouse test` on every example bundle
   test          every test (cargo nextest when installed, else cargo test)
   conformance   the conformance corpus on every path
   bench         latency and throughput on every path -> docs/benchmarks.md";
@@ -119,5 +120,27 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     test()?;
-    conformance()
+    conformance()?;
+    bundle_tests()
+}
+
+/// `gatehouse test` on every example bundle that ships tests.
+fn bundle_tests() -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let examples = root.join("examples");
+    let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+        .map_err(|e| format!("reading {}: {e}", examples.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("tests").is_dir())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err("no example bundle ships tests".into());
+    }
+    for dir in dirs {
+        let dir = dir.display().to_string();
+        cargo(&["run", "--quiet", "-p", "gatehouse", "--", "test", &dir])?;
+    }
+    Ok(())
 }

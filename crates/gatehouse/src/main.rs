@@ -223,7 +223,7 @@ fn validate(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             b.warnings().to_vec(),
             Some((b.hash().to_owned(), b.policy_count())),
         ),
-        Err(e) => (false, e.diagnostics.clone(), Vec::new(), None),
+        Err(e) => (false, e.diagnostics.clone(), e.warnings.clone(), None),
     };
     let located = |d: &policy_core::Diagnostic| {
         let mut d = d.clone();

@@ -267,7 +267,10 @@ impl Bundle {
         }
 
         if !diags.is_empty() {
-            return Err(BundleError { diagnostics: diags });
+            return Err(BundleError {
+                diagnostics: diags,
+                warnings,
+            });
         }
 
         let types = type_names();

@@ -918,6 +918,161 @@ when { resource.is_mcp && resource has server && resource.server == "github" };
         }
     }
 
+    fn tool(name: &str, input: serde_json::Value, cwd: &str) -> Event {
+        let mut e = bash("alice", "");
+        e.kind = EventKind::PreToolUse {
+            tool_name: name.into(),
+            input,
+            tool_use_id: String::new(),
+            cwd: cwd.into(),
+        };
+        e
+    }
+
+    #[test]
+    fn tool_groups_and_normalised_context_govern_every_agent() {
+        let policies = r#"
+@id("allow") permit(principal, action, resource);
+@id("shell-rm")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource in Gatehouse::ToolGroup::"shell")
+when { context has command && context.command like "*rm -rf*" };
+@id("etc-writes")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource in Gatehouse::ToolGroup::"file_write")
+when { context has file_path && context.file_path like "/etc/*" };
+@id("risky")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource in Gatehouse::ToolGroup::"risky");
+"#;
+        // entities.json still adds groups, and a built-in group may sit
+        // inside a bundle's own group.
+        let entities = r#"[
+ {"uid":{"type":"Gatehouse::ToolGroup","id":"web"},"attrs":{},"parents":[{"type":"Gatehouse::ToolGroup","id":"risky"}]},
+ {"uid":{"type":"Gatehouse::ToolGroup","id":"risky"},"attrs":{},"parents":[]}
+]"#;
+        let b = bundle(&[("p.cedar", policies), ("entities.json", entities)]);
+        let verdict = |e: &Event| {
+            let d = b.evaluate(e);
+            (d.verdict, d.policies.join(","))
+        };
+        for shell in [
+            "Bash",
+            "run_shell_command",
+            "Shell",
+            "bash",
+            "execute_command",
+        ] {
+            let e = tool(shell, serde_json::json!({"command": "rm -rf /"}), "/r");
+            assert_eq!(verdict(&e), (Verdict::Deny, "shell-rm".into()), "{shell}");
+        }
+        let ok = tool(
+            "run_shell_command",
+            serde_json::json!({"command": "ls"}),
+            "/r",
+        );
+        assert_eq!(verdict(&ok).0, Verdict::Allow);
+        let write = tool(
+            "write_file",
+            serde_json::json!({"file_path": "../etc/x"}),
+            "/r",
+        );
+        assert_eq!(verdict(&write), (Verdict::Deny, "etc-writes".into()));
+        let fetch = tool(
+            "WebFetch",
+            serde_json::json!({"url": "https://e.com"}),
+            "/r",
+        );
+        assert_eq!(verdict(&fetch), (Verdict::Deny, "risky".into()));
+        // A read of the same path is not a write.
+        let read = tool("Read", serde_json::json!({"file_path": "/etc/x"}), "/r");
+        assert_eq!(verdict(&read).0, Verdict::Allow);
+        // Explain agrees with the decision on a multi-file call.
+        let patch = "*** Begin Patch\n*** Update File: a\n*** Delete File: /etc/b\n*** End Patch";
+        let e = tool("apply_patch", serde_json::json!({"command": patch}), "/r");
+        assert_eq!(verdict(&e), (Verdict::Deny, "etc-writes".into()));
+        assert_eq!(b.explain(&e).decision, b.evaluate(&e));
+        assert_eq!(b.explain(&e).matched_forbids, vec!["etc-writes"]);
+    }
+
+    fn load_err(files: &[(&str, &str)]) -> Vec<String> {
+        match Bundle::load(files.iter().map(|(p, c)| BundleFile {
+            path: (*p).into(),
+            content: (*c).into(),
+        })) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_forbid_that_can_never_apply_is_refused_with_its_id() {
+        let typo = r#"@id("allow") permit(principal, action, resource);
+@id("no-rm")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource)
+when { context.input has comand && context.input.comand like "*rm*" };"#;
+        let errs = load_err(&[("p.cedar", typo)]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("p.cedar:2:1: forbid `no-rm` can never apply"),
+            "{errs:?}"
+        );
+        assert!(errs[0].contains("did you mean `command`?"), "{errs:?}");
+
+        let ask = typo.replace("@id(\"no-rm\")", "@id(\"no-rm\") @ask");
+        assert_eq!(load_err(&[("p.cedar", &ask)]).len(), 1);
+
+        let mcp = r#"@id("gh")
+forbid(principal, action == Gatehouse::Action::"call_tool", resource)
+when { resource has server && resource.server == "github" && context.input has title };"#;
+        let errs = load_err(&[("p.cedar", mcp)]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("forbid `gh`") && errs[0].contains("add mcp/github.json"),
+            "{errs:?}"
+        );
+
+        // With the server's tools list the same forbid validates and works.
+        let tools = r#"{"tools":[{"name":"create_issue","inputSchema":{"type":"object","properties":{"title":{"type":"string"}}}}]}"#;
+        assert!(load_err(&[("p.cedar", mcp), ("mcp/github.json", tools)]).is_empty());
+        let b = bundle(&[
+            (
+                "p.cedar",
+                &format!("{mcp}\n@id(\"allow\") permit(principal, action, resource);"),
+            ),
+            ("mcp/github.json", tools),
+        ]);
+        let e = tool(
+            "mcp__github__create_issue",
+            serde_json::json!({"title": "x"}),
+            "",
+        );
+        assert_eq!(b.evaluate(&e).policies, vec!["gh"]);
+        let e = tool(
+            "mcp__github__create_issue",
+            serde_json::json!({"body": "x"}),
+            "",
+        );
+        assert_eq!(b.evaluate(&e).verdict, Verdict::Allow);
+
+        // An argument typed against the schema's declaration is an error.
+        let clash = r#"{"tools":[{"name":"t","inputSchema":{"properties":{"timeout":{"type":"string"}}}}]}"#;
+        let errs = load_err(&[("p.cedar", mcp), ("mcp/github.json", clash)]);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("mcp/github.json") && e.contains("timeout")),
+            "{errs:?}"
+        );
+
+        // A permit that can never apply only warns: what it meant to allow
+        // stays denied.
+        let dead_permit =
+            r#"@id("p") permit(principal, action, resource) when { context.input has nope };"#;
+        let b = bundle(&[("p.cedar", dead_permit)]);
+        assert!(
+            b.warnings()
+                .iter()
+                .any(|w| w.message.contains("permit `p` can never apply"))
+        );
+    }
+
     #[test]
     fn validation_errors_are_located() {
         let bad = "@id(\"x\")\npermit(principal, action == Gatehouse::Action::\"call_tool\", resource)\nwhen { context.input.nope == 1 };\n";

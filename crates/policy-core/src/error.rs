@@ -32,6 +32,8 @@ impl fmt::Display for Diagnostic {
 #[error("invalid policy bundle: {}", render(.diagnostics))]
 pub struct BundleError {
     pub diagnostics: Vec<Diagnostic>,
+    /// Non-fatal findings made along the way (Cedar validation warnings).
+    pub warnings: Vec<Diagnostic>,
 }
 
 fn render(diags: &[Diagnostic]) -> String {
