@@ -32,20 +32,21 @@ impl Adapter for Cline {
             };
             let body = v.get(&key).cloned().unwrap_or(Value::Null);
             let kind = match hook.as_str() {
-                "PreToolUse" => pre_tool(
-                    need(&body, "toolName", "PreToolUse")?,
-                    body.get("parameters").cloned().unwrap_or(Value::Null),
-                    "",
-                    cwd,
-                ),
-                "PostToolUse" => post_tool(
-                    need(&body, "toolName", "PostToolUse")?,
-                    body.get("parameters").cloned().unwrap_or(Value::Null),
-                    "",
-                    cwd,
-                    body.get("result").cloned().unwrap_or(Value::Null),
-                    body.get("success").and_then(Value::as_bool) == Some(false),
-                ),
+                "PreToolUse" => {
+                    let (tool, input) = tool_call(&body, "PreToolUse")?;
+                    pre_tool(&tool, input, "", cwd)
+                }
+                "PostToolUse" => {
+                    let (tool, input) = tool_call(&body, "PostToolUse")?;
+                    post_tool(
+                        &tool,
+                        input,
+                        "",
+                        cwd,
+                        body.get("result").cloned().unwrap_or(Value::Null),
+                        body.get("success").and_then(Value::as_bool) == Some(false),
+                    )
+                }
                 "UserPromptSubmit" => EventKind::UserPrompt {
                     prompt: str_field(&body, "prompt").into(),
                 },
@@ -109,4 +110,22 @@ impl Adapter for Cline {
     fn settings_path(&self) -> &'static str {
         ".clinerules/hooks"
     }
+}
+
+/// The tool and its input. Cline calls every MCP tool through
+/// `use_mcp_tool` with `server_name`, `tool_name` and `arguments` (a JSON
+/// string or object): that becomes `mcp__<server>__<tool>` with the
+/// arguments as input, as for every other agent.
+fn tool_call(body: &Value, what: &str) -> Result<(String, Value), BadInput> {
+    let tool = need(body, "toolName", what)?;
+    let params = body.get("parameters").cloned().unwrap_or(Value::Null);
+    if tool == "use_mcp_tool" {
+        let server = str_field(&params, "server_name");
+        let name = str_field(&params, "tool_name");
+        if !server.is_empty() && !name.is_empty() {
+            let args = crate::json_or_string(params.get("arguments"));
+            return Ok((format!("mcp__{server}__{name}"), args));
+        }
+    }
+    Ok((tool.to_owned(), params))
 }

@@ -35,12 +35,18 @@ impl Adapter for Cursor {
                     "",
                     cwd,
                 ),
-                "beforeMCPExecution" => pre_tool(
-                    need(v, "tool_name", "beforeMCPExecution")?,
-                    json_or_string(v.get("tool_input")),
-                    "",
-                    cwd,
-                ),
+                // Named as Cursor's preToolUse names MCP tools, so that
+                // both hooks put the call in the `mcp` tool group. Cursor
+                // does not say which server the tool belongs to.
+                "beforeMCPExecution" => {
+                    let tool = need(v, "tool_name", "beforeMCPExecution")?;
+                    let name = if policy_core::is_mcp_tool(tool) {
+                        tool.to_owned()
+                    } else {
+                        format!("MCP:{tool}")
+                    };
+                    pre_tool(&name, json_or_string(v.get("tool_input")), "", cwd)
+                }
                 "beforeReadFile" => pre_tool(
                     "Read",
                     json!({"file_path": str_field(v, "file_path")}),

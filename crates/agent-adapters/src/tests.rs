@@ -202,6 +202,7 @@ fn expect_pre(agent: Agent, hook: &str, verdict: Verdict, r: &Rendered) {
 #[test]
 fn every_fixture_maps_and_renders_for_every_verdict() {
     let mut seen = std::collections::BTreeSet::new();
+    let mut groups_seen = std::collections::BTreeSet::new();
     for path in fixtures() {
         let Some(agent) = agent_of(&path) else {
             continue;
@@ -222,6 +223,40 @@ fn every_fixture_maps_and_renders_for_every_verdict() {
         };
         assert_eq!(e.agent_id, "me");
         assert_eq!(e.runtime, agent.name(), "{}", path.display());
+        // Every fixture's tool is in a built-in group, and the group's
+        // normalised field is filled.
+        if let EventKind::PreToolUse {
+            tool_name,
+            input,
+            cwd,
+            ..
+        }
+        | EventKind::PostToolUse {
+            tool_name,
+            input,
+            cwd,
+            ..
+        } = &e.kind
+        {
+            let groups = policy_core::tool_groups(tool_name);
+            assert!(
+                !groups.is_empty(),
+                "{}: {tool_name} has no group",
+                path.display()
+            );
+            let t = policy_core::targets(tool_name, input, cwd).unwrap();
+            for g in groups {
+                let filled = match g {
+                    policy_core::ToolGroup::Shell => t[0].command.is_some(),
+                    policy_core::ToolGroup::FileRead | policy_core::ToolGroup::FileWrite => {
+                        t[0].file_path.is_some()
+                    }
+                    policy_core::ToolGroup::Web | policy_core::ToolGroup::Mcp => true,
+                };
+                assert!(filled, "{}: {tool_name} in {g:?}: {t:?}", path.display());
+            }
+            groups_seen.insert(format!("{}:{tool_name}", agent.name()));
+        }
         if let EventKind::PostToolUse { tool_name, .. } = &e.kind {
             let blocked = agent.render(&h, &outcome(Verdict::Deny));
             assert!(
@@ -243,6 +278,7 @@ fn every_fixture_maps_and_renders_for_every_verdict() {
         }
     }
     assert_eq!(seen.len(), 7, "every agent has fixtures: {seen:?}");
+    assert!(groups_seen.len() >= 7, "{groups_seen:?}");
 }
 
 #[test]
@@ -273,7 +309,7 @@ fn inputs_map_to_the_right_events() {
     let (_, name, input) = tool(Agent::Cursor, read("cursor", "beforeMCPExecution.in.json"));
     assert_eq!(
         (name.as_str(), input["query"].as_str()),
-        ("database_query", Some("SELECT * FROM users"))
+        ("MCP:database_query", Some("SELECT * FROM users"))
     );
     let (sid, name, input) = tool(Agent::Copilot, read("copilot", "preToolUse.in.json"));
     assert_eq!(
@@ -292,6 +328,15 @@ fn inputs_map_to_the_right_events() {
     assert_eq!(
         (sid.as_str(), name.as_str(), input["command"].as_str()),
         ("t-1", "execute_command", Some("rm -rf dist"))
+    );
+    let (_, name, input) = tool(
+        Agent::Cline,
+        json!({"hookName": "PreToolUse", "taskId": "t", "preToolUse": {"toolName": "use_mcp_tool",
+            "parameters": {"server_name": "github", "tool_name": "create_issue", "arguments": "{\"title\":\"x\"}"}}}),
+    );
+    assert_eq!(
+        (name.as_str(), input["title"].as_str()),
+        ("mcp__github__create_issue", Some("x"))
     );
     let (_, name, input) = tool(Agent::Gemini, read("gemini", "BeforeTool.in.json"));
     assert_eq!(

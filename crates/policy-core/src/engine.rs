@@ -454,10 +454,16 @@ impl Bundle {
                 let mcp = parse_mcp_name(tool_name);
                 attrs.insert(
                     "is_mcp".into(),
-                    RestrictedExpression::new_bool(mcp.is_some()),
+                    RestrictedExpression::new_bool(crate::tools::is_mcp_tool(tool_name)),
                 );
                 if let Some((server, tool)) = mcp {
                     attrs.insert("server".into(), s(server));
+                    attrs.insert("mcp_tool".into(), s(tool));
+                } else if let Some(tool) = tool_name
+                    .get(4..)
+                    .filter(|_| crate::tools::is_mcp_tool(tool_name))
+                {
+                    // Cursor's `MCP:<tool>`: the server is not known.
                     attrs.insert("mcp_tool".into(), s(tool));
                 }
                 uid(&t.tool, tool_name)
