@@ -30,7 +30,7 @@ fn validate_accepts_the_quickstart_and_locates_every_error() {
         .arg("validate")
         .arg(root().join("examples/quickstart")));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("valid: 11 policies"), "{out}");
+    assert!(out.contains("valid: 13 policies"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

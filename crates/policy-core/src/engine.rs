@@ -645,6 +645,9 @@ impl Bundle {
                 pairs.push((name.into(), s(v)));
             }
         }
+        if let Some(sh) = &target.shell {
+            pairs.push(("shell".into(), shell_record(sh)?));
+        }
         pairs.push(("input".into(), record(&self.input_fields, input)?));
         Context::from_pairs(pairs).map_err(|e| e.to_string())
     }
@@ -668,6 +671,30 @@ fn event_targets(event: &Event) -> Result<Vec<Target>, String> {
         } => targets(tool_name, input, cwd),
         _ => Ok(vec![Target::default()]),
     }
+}
+
+/// `context.shell`.
+fn shell_record(f: &crate::shell::ShellFacts) -> Result<RestrictedExpression, String> {
+    let set = |items: &std::collections::BTreeSet<String>| {
+        RestrictedExpression::new_set(
+            items
+                .iter()
+                .map(|i| RestrictedExpression::new_string(i.clone())),
+        )
+    };
+    let b = RestrictedExpression::new_bool;
+    RestrictedExpression::new_record([
+        ("programs".to_owned(), set(&f.programs)),
+        ("flags".to_owned(), set(&f.flags)),
+        ("args".to_owned(), set(&f.args)),
+        ("pipes_to_interpreter".to_owned(), b(f.pipes_to_interpreter)),
+        ("dynamic".to_owned(), b(f.dynamic)),
+        ("parsed".to_owned(), b(f.parsed)),
+        ("redirects_to".to_owned(), set(&f.redirects_to)),
+        ("git_subcommands".to_owned(), set(&f.git_subcommands)),
+        ("git_force_push".to_owned(), b(f.git_force_push)),
+    ])
+    .map_err(|e| e.to_string())
 }
 
 /// How strongly a verdict stops a call: DENY over ASK over ALLOW.

@@ -21,6 +21,7 @@ mod limits;
 mod mcp;
 #[cfg(feature = "proto")]
 pub mod proto;
+mod shell;
 mod tools;
 
 pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE};
@@ -37,6 +38,10 @@ pub use self::explain::explain_text;
 pub use self::guards::{Evidence, OutputDecision, OutputVerdict};
 pub use self::limits::{BudgetEntry, LimitState};
 pub use self::mcp::mcp_declarations;
+pub use self::shell::{
+    MAX_COMMAND_BYTES, MAX_DEPTH, ShellFacts, analyze as analyze_shell,
+    analyze_argv as analyze_shell_argv,
+};
 pub use self::tools::{
     MAX_TARGETS, Target, ToolGroup, is_mcp_tool, resolve, shell_quote, targets, tool_groups,
 };

@@ -183,6 +183,8 @@ pub const MAX_TARGETS: usize = 1000;
 pub struct Target {
     /// The shell command line as it will run.
     pub command: Option<String>,
+    /// What the command line does, parsed (present with `command`).
+    pub shell: Option<crate::shell::ShellFacts>,
     /// An absolute path (when the event's cwd is absolute), resolved
     /// lexically against the cwd.
     pub file_path: Option<String>,
@@ -214,12 +216,27 @@ const URL_KEYS: [&str; 2] = ["url", "uri"];
 pub fn targets(tool_name: &str, input: &Value, cwd: &str) -> Result<Vec<Target>, String> {
     let groups = tool_groups(tool_name);
     let has = |g| groups.contains(&g);
-    let command = if has(ToolGroup::Shell) {
-        COMMAND_KEYS
-            .iter()
-            .find_map(|k| input.get(*k).and_then(command_line))
+    let (command, shell) = if has(ToolGroup::Shell) {
+        match COMMAND_KEYS.iter().find_map(|k| input.get(*k)) {
+            Some(Value::Array(items)) => {
+                // An argv is parsed as the words it is, never re-split.
+                let words: Option<Vec<String>> = items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                match words {
+                    Some(words) => (
+                        command_line(&Value::Array(items.clone())),
+                        Some(crate::shell::analyze_argv(&words)),
+                    ),
+                    None => (None, None),
+                }
+            }
+            Some(Value::String(s)) => (Some(s.clone()), Some(crate::shell::analyze(s))),
+            _ => (None, None),
+        }
     } else {
-        None
+        (None, None)
     };
     let mut files: Vec<String> = Vec::new();
     let file_tool = has(ToolGroup::FileRead) || has(ToolGroup::FileWrite);
@@ -296,6 +313,7 @@ pub fn targets(tool_name: &str, input: &Value, cwd: &str) -> Result<Vec<Target>,
         for url in &urls {
             out.push(Target {
                 command: command.clone(),
+                shell: shell.clone(),
                 file_path: file_path.clone(),
                 url: url.clone(),
             });
