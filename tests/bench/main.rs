@@ -250,6 +250,25 @@ fn post_event(i: usize, size: usize) -> Event {
     }
 }
 
+/// `context.shell` alone: parsing one command line.
+fn shell_parse(name: &str, command: &str, n: usize) -> Row {
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let facts = policy_core::analyze_shell(std::hint::black_box(command));
+        lat.push(t.elapsed());
+        assert!(facts.parsed);
+    }
+    Row {
+        name: name.into(),
+        n,
+        wall: start.elapsed(),
+        lat,
+        note: format!("{} bytes", command.len()),
+    }
+}
+
 fn post_in_process(name: &str, bundle: &Bundle, size: usize, n: usize) -> Row {
     let events: Vec<Event> = (0..n).map(|i| post_event(i, size)).collect();
     let mut lat = Vec::with_capacity(n);
@@ -479,6 +498,20 @@ fn main() -> anyhow::Result<()> {
         &qs,
         256 * 1024,
         500 / scale,
+    ));
+    rows.push(shell_parse(
+        "shell parse, short command",
+        "cd app && rm -rf build | tee log",
+        50_000 / scale,
+    ));
+    let mut long = String::new();
+    while long.len() < 4 * 1024 {
+        long.push_str("cd src && FOO=1 cargo build --release 2>&1 | tee -a \"build log\"; echo $(date) >> out; ");
+    }
+    rows.push(shell_parse(
+        "shell parse, 4 KiB command",
+        &long,
+        5_000 / scale,
     ));
     for n in [50, 500] {
         let b = Bundle::load(generated_bundle(n))?;
