@@ -36,16 +36,7 @@ impl Adapter for ClaudeCode {
                 "timeout": 30,
             }),
         };
-        let tool = json!([{"matcher": ".*", "hooks": [handler.clone()]}]);
-        let plain = json!([{"hooks": [handler]}]);
-        json!({"hooks": {
-            "PreToolUse": tool,
-            "PermissionRequest": tool,
-            "PostToolUse": tool,
-            "UserPromptSubmit": plain,
-            "SessionStart": plain,
-            "PreCompact": plain,
-        }})
+        claude_style_hooks(handler, &["PreCompact"])
     }
 
     fn settings_path(&self) -> &'static str {
@@ -55,6 +46,24 @@ impl Adapter for ClaudeCode {
     fn has_http_hooks(&self) -> bool {
         true
     }
+}
+
+/// Claude Code's settings shape (also Codex's): every tool event matched
+/// with `.*`, plus the prompt and session events and `extra` ones.
+pub(crate) fn claude_style_hooks(handler: Value, extra: &[&str]) -> Value {
+    let tool = json!([{"matcher": ".*", "hooks": [handler.clone()]}]);
+    let plain = json!([{"hooks": [handler]}]);
+    let mut hooks = json!({
+        "PreToolUse": tool,
+        "PermissionRequest": tool,
+        "PostToolUse": tool,
+        "UserPromptSubmit": plain,
+        "SessionStart": plain,
+    });
+    for event in extra {
+        hooks[*event] = plain.clone();
+    }
+    json!({ "hooks": hooks })
 }
 
 /// Maps one Claude Code hook input object. `agent` is the principal.

@@ -66,15 +66,7 @@ impl Adapter for Codex {
 
     fn settings(&self, setup: &HookSetup) -> Value {
         let handler = json!({"type": "command", "command": setup.guarded(Agent::Codex, Failure::Exit2), "timeout": 30});
-        let tool = json!([{"matcher": ".*", "hooks": [handler.clone()]}]);
-        let plain = json!([{"hooks": [handler]}]);
-        json!({"hooks": {
-            "PreToolUse": tool,
-            "PermissionRequest": tool,
-            "PostToolUse": tool,
-            "UserPromptSubmit": plain,
-            "SessionStart": plain,
-        }})
+        crate::claude::claude_style_hooks(handler, &[])
     }
 
     fn settings_path(&self) -> &'static str {
