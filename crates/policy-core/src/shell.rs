@@ -224,7 +224,9 @@ impl<'a, 'f> Lexer<'a, 'f> {
                     self.skip_blanks();
                     let start = self.pos;
                     let delim = self.word()?;
-                    let raw: String = self.chars[start..self.pos].iter().collect();
+                    let raw: String = self.chars[start..self.pos.min(self.chars.len())]
+                        .iter()
+                        .collect();
                     let quoted = raw.contains(['\'', '"', '\\']);
                     self.heredocs
                         .push((delim.text.clone(), redir == "<<-", !quoted));
@@ -318,14 +320,18 @@ impl<'a, 'f> Lexer<'a, 'f> {
             match c {
                 ' ' | '\t' | '\n' | '\r' => break,
                 _ if OPERATOR_START.contains(c) => break,
-                '\\' => {
-                    match self.peek(1) {
-                        Some('\n') => {}
-                        Some(n) => w.text.push(n),
-                        None => {}
+                '\\' => match self.peek(1) {
+                    Some('\n') => self.pos += 2,
+                    Some(n) => {
+                        w.text.push(n);
+                        self.pos += 2;
                     }
-                    self.pos += 2;
-                }
+                    // A trailing backslash is literal.
+                    None => {
+                        w.text.push('\\');
+                        self.pos += 1;
+                    }
+                },
                 '\'' => {
                     let end = (self.pos + 1..self.chars.len())
                         .find(|&i| self.chars[i] == '\'')
@@ -1077,6 +1083,9 @@ mod tests {
         assert!(analyze("\"$(echo rm)\" -rf /").dynamic);
         let f = analyze("git -C repo -c user.name=x commit -m msg; git status");
         assert_eq!(f.git_subcommands, set(&["commit", "status"]));
+        // Found by the fuzzer: a here-document delimiter ending in `\`.
+        assert!(analyze("gnAcas\0<<\u{e}nAc\\").parsed);
+        assert_eq!(analyze("echo a\\").args, set(&["a\\"]));
         for bad in [
             "echo 'unterminated",
             "echo \"x",
