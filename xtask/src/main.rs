@@ -20,14 +20,17 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "test" => test(),
         "conformance" => python_client().and_then(|()| conformance()),
-        "bench" => cargo(&[
-            "run",
-            "--release",
-            "-p",
-            "gatehouse-tests",
-            "--bin",
-            "gatehouse-bench",
-        ]),
+        // The relay and hook rows run the release `gatehouse` binary.
+        "bench" => cargo(&["build", "--release", "-p", "gatehouse"]).and_then(|()| {
+            cargo(&[
+                "run",
+                "--release",
+                "-p",
+                "gatehouse-tests",
+                "--bin",
+                "gatehouse-bench",
+            ])
+        }),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -16,83 +16,79 @@ pub(crate) struct Cline;
 impl Adapter for Cline {
     fn map(&self, v: &Value, principal: &str) -> Result<(String, Mapped), BadInput> {
         let rt = Agent::Cline.name();
-        {
-            let hook = need(v, "hookName", "Cline")?.to_owned();
-            let sid = str_field(v, "taskId");
-            let cwd = v
-                .get("workspaceRoots")
-                .and_then(|r| r.get(0))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let key = {
-                let mut c = hook.chars();
-                c.next()
-                    .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
-                    .unwrap_or_default()
-            };
-            let body = v.get(&key).cloned().unwrap_or(Value::Null);
-            let kind = match hook.as_str() {
-                "PreToolUse" => {
-                    let (tool, input) = tool_call(&body, "PreToolUse")?;
-                    pre_tool(&tool, input, "", cwd)
-                }
-                "PostToolUse" => {
-                    let (tool, input) = tool_call(&body, "PostToolUse")?;
-                    post_tool(
-                        &tool,
-                        input,
-                        "",
-                        cwd,
-                        body.get("result").cloned().unwrap_or(Value::Null),
-                        body.get("success").and_then(Value::as_bool) == Some(false),
-                    )
-                }
-                "UserPromptSubmit" => EventKind::UserPrompt {
-                    prompt: str_field(&body, "prompt").into(),
-                },
-                "TaskStart" | "TaskResume" => EventKind::SessionStart {
-                    source: hook.to_lowercase(),
-                },
-                "TaskCancel" | "TaskComplete" => EventKind::SessionEnd {
-                    reason: hook.to_lowercase(),
-                },
-                "PreCompact" => EventKind::MemoryCompaction {
-                    store: "transcript".into(),
-                    trigger: "auto".into(),
-                },
-                _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
-            };
-            Ok((hook, event(principal, sid, rt, kind)))
-        }
+        let hook = need(v, "hookName", "Cline")?.to_owned();
+        let sid = str_field(v, "taskId");
+        let cwd = v
+            .get("workspaceRoots")
+            .and_then(|r| r.get(0))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let key = {
+            let mut c = hook.chars();
+            c.next()
+                .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        };
+        let body = v.get(&key).cloned().unwrap_or(Value::Null);
+        let kind = match hook.as_str() {
+            "PreToolUse" => {
+                let (tool, input) = tool_call(&body, "PreToolUse")?;
+                pre_tool(&tool, input, "", cwd)
+            }
+            "PostToolUse" => {
+                let (tool, input) = tool_call(&body, "PostToolUse")?;
+                post_tool(
+                    &tool,
+                    input,
+                    "",
+                    cwd,
+                    body.get("result").cloned().unwrap_or(Value::Null),
+                    body.get("success").and_then(Value::as_bool) == Some(false),
+                )
+            }
+            "UserPromptSubmit" => EventKind::UserPrompt {
+                prompt: str_field(&body, "prompt").into(),
+            },
+            "TaskStart" | "TaskResume" => EventKind::SessionStart {
+                source: hook.to_lowercase(),
+            },
+            "TaskCancel" | "TaskComplete" => EventKind::SessionEnd {
+                reason: hook.to_lowercase(),
+            },
+            "PreCompact" => EventKind::MemoryCompaction {
+                store: "transcript".into(),
+                trigger: "auto".into(),
+            },
+            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+        };
+        Ok((hook, event(principal, sid, rt, kind)))
     }
 
     fn render(&self, h: &HookInput, o: &Outcome) -> Rendered {
         let msg = o.message();
         let post = is_post(h);
-        {
-            let blocked = if post {
-                o.output_verdict() != OutputVerdict::Allow
-                    && o.output_verdict() != OutputVerdict::Escalate
-            } else {
-                o.verdict != Verdict::Allow
+        let blocked = if post {
+            o.output_verdict() != OutputVerdict::Allow
+                && o.output_verdict() != OutputVerdict::Escalate
+        } else {
+            o.verdict != Verdict::Allow
+        };
+        if !blocked {
+            return match o.output_verdict() {
+                OutputVerdict::Escalate if post => Rendered::json(
+                    json!({"cancel": false, "contextModification": format!("Gatehouse flagged this output for review: {}", o.reason)}),
+                ),
+                _ => Rendered::json(json!({"cancel": false})),
             };
-            if !blocked {
-                return match o.output_verdict() {
-                    OutputVerdict::Escalate if post => Rendered::json(
-                        json!({"cancel": false, "contextModification": format!("Gatehouse flagged this output for review: {}", o.reason)}),
-                    ),
-                    _ => Rendered::json(json!({"cancel": false})),
-                };
-            }
-            let text = if post && o.output_verdict() == OutputVerdict::Redact {
-                redacted_as_text(o)
-            } else {
-                msg
-            };
-            Rendered::json(
-                json!({"cancel": true, "errorMessage": text, "contextModification": format!("GATEHOUSE: {text}")}),
-            )
         }
+        let text = if post && o.output_verdict() == OutputVerdict::Redact {
+            redacted_as_text(o)
+        } else {
+            msg
+        };
+        Rendered::json(
+            json!({"cancel": true, "errorMessage": text, "contextModification": format!("GATEHOUSE: {text}")}),
+        )
     }
 
     fn settings(&self, setup: &HookSetup) -> Value {

@@ -22,45 +22,41 @@ impl Adapter for Codex {
     fn render(&self, h: &HookInput, o: &Outcome) -> Rendered {
         let msg = o.message();
         let post = is_post(h);
-        {
-            if post {
-                return match o.output_verdict() {
-                    OutputVerdict::Allow => Rendered::nothing(),
-                    OutputVerdict::Block => {
-                        Rendered::json(json!({"decision": "block", "reason": msg}))
-                    }
-                    OutputVerdict::Redact if is_mcp(tool_name(h)) => {
-                        Rendered::json(json!({"hookSpecificOutput": {
-                            "hookEventName": "PostToolUse",
-                            "updatedMCPToolOutput": o.redacted().cloned().unwrap_or_default(),
-                        }}))
-                    }
-                    // No replacement for built-in tools: block with the
-                    // redacted text as the reason the model reads.
-                    OutputVerdict::Redact => {
-                        Rendered::json(json!({"decision": "block", "reason": redacted_as_text(o)}))
-                    }
-                    OutputVerdict::Escalate => Rendered::json(json!({"hookSpecificOutput": {
+        if post {
+            return match o.output_verdict() {
+                OutputVerdict::Allow => Rendered::nothing(),
+                OutputVerdict::Block => Rendered::json(json!({"decision": "block", "reason": msg})),
+                OutputVerdict::Redact if is_mcp(tool_name(h)) => {
+                    Rendered::json(json!({"hookSpecificOutput": {
                         "hookEventName": "PostToolUse",
-                        "additionalContext": format!("Gatehouse flagged this output for review: {}", o.reason),
-                    }})),
-                };
-            }
-            match (h.hook_event.as_str(), o.verdict) {
-                // A bare allow or ask is invalid to Codex (and fails open):
-                // allow prints nothing, ask becomes a deny that says why.
-                (_, Verdict::Allow) => Rendered::nothing(),
-                ("PermissionRequest", _) => Rendered::json(json!({"hookSpecificOutput": {
-                    "hookEventName": "PermissionRequest",
-                    "decision": {"behavior": "deny", "message": msg},
+                        "updatedMCPToolOutput": o.redacted().cloned().unwrap_or_default(),
+                    }}))
+                }
+                // No replacement for built-in tools: block with the
+                // redacted text as the reason the model reads.
+                OutputVerdict::Redact => {
+                    Rendered::json(json!({"decision": "block", "reason": redacted_as_text(o)}))
+                }
+                OutputVerdict::Escalate => Rendered::json(json!({"hookSpecificOutput": {
+                    "hookEventName": "PostToolUse",
+                    "additionalContext": format!("Gatehouse flagged this output for review: {}", o.reason),
                 }})),
-                ("PreToolUse", _) => Rendered::json(json!({"hookSpecificOutput": {
-                    "hookEventName": "PreToolUse",
-                    "permissionDecision": "deny",
-                    "permissionDecisionReason": msg,
-                }})),
-                _ => Rendered::json(json!({"decision": "block", "reason": msg})),
-            }
+            };
+        }
+        match (h.hook_event.as_str(), o.verdict) {
+            // A bare allow or ask is invalid to Codex (and fails open):
+            // allow prints nothing, ask becomes a deny that says why.
+            (_, Verdict::Allow) => Rendered::nothing(),
+            ("PermissionRequest", _) => Rendered::json(json!({"hookSpecificOutput": {
+                "hookEventName": "PermissionRequest",
+                "decision": {"behavior": "deny", "message": msg},
+            }})),
+            ("PreToolUse", _) => Rendered::json(json!({"hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": msg,
+            }})),
+            _ => Rendered::json(json!({"decision": "block", "reason": msg})),
         }
     }
 

@@ -16,87 +16,83 @@ pub(crate) struct Copilot;
 impl Adapter for Copilot {
     fn map(&self, v: &Value, principal: &str) -> Result<(String, Mapped), BadInput> {
         let rt = Agent::Copilot.name();
-        {
-            // Two formats: camelCase events, or Claude-style PascalCase.
-            if v.get("hook_event_name").is_some() {
-                return claude_like(v, principal, rt);
-            }
-            let sid = str_field(v, "sessionId");
-            let cwd = str_field(v, "cwd");
-            let hook = if v.get("toolResult").is_some() {
-                "postToolUse"
-            } else if v.get("toolName").is_some() {
-                "preToolUse"
-            } else if v.get("prompt").is_some() {
-                "userPromptSubmitted"
-            } else {
-                return Ok((
-                    "unknown".into(),
-                    Mapped::NoDecision {
-                        hook_event: "unknown".into(),
-                    },
-                ));
-            };
-            let tool = str_field(v, "toolName");
-            let args = json_or_string(v.get("toolArgs"));
-            let kind = match hook {
-                "preToolUse" => pre_tool(tool, args, "", cwd),
-                "postToolUse" => {
-                    let result = v.get("toolResult").cloned().unwrap_or(Value::Null);
-                    let failed = str_field(&result, "resultType") == "failure";
-                    post_tool(tool, args, "", cwd, result, failed)
-                }
-                _ => EventKind::UserPrompt {
-                    prompt: str_field(v, "prompt").into(),
-                },
-            };
-            Ok((hook.into(), event(principal, sid, rt, kind)))
+        // Two formats: camelCase events, or Claude-style PascalCase.
+        if v.get("hook_event_name").is_some() {
+            return claude_like(v, principal, rt);
         }
+        let sid = str_field(v, "sessionId");
+        let cwd = str_field(v, "cwd");
+        let hook = if v.get("toolResult").is_some() {
+            "postToolUse"
+        } else if v.get("toolName").is_some() {
+            "preToolUse"
+        } else if v.get("prompt").is_some() {
+            "userPromptSubmitted"
+        } else {
+            return Ok((
+                "unknown".into(),
+                Mapped::NoDecision {
+                    hook_event: "unknown".into(),
+                },
+            ));
+        };
+        let tool = str_field(v, "toolName");
+        let args = json_or_string(v.get("toolArgs"));
+        let kind = match hook {
+            "preToolUse" => pre_tool(tool, args, "", cwd),
+            "postToolUse" => {
+                let result = v.get("toolResult").cloned().unwrap_or(Value::Null);
+                let failed = str_field(&result, "resultType") == "failure";
+                post_tool(tool, args, "", cwd, result, failed)
+            }
+            _ => EventKind::UserPrompt {
+                prompt: str_field(v, "prompt").into(),
+            },
+        };
+        Ok((hook.into(), event(principal, sid, rt, kind)))
     }
 
     fn render(&self, h: &HookInput, o: &Outcome) -> Rendered {
         let msg = o.message();
         let post = is_post(h);
-        {
-            if post {
-                return match o.output_verdict() {
-                    OutputVerdict::Allow => Rendered::nothing(),
-                    OutputVerdict::Redact => {
-                        let text = match o.redacted() {
-                            Some(Value::Object(m)) => {
-                                m.get("textResultForLlm").cloned().unwrap_or(Value::Null)
-                            }
-                            Some(other) => other.clone(),
-                            None => Value::Null,
-                        };
-                        let result = match o.redacted() {
-                            Some(Value::Object(_)) => o.redacted().cloned().unwrap_or_default(),
-                            _ => json!({"resultType": "success", "textResultForLlm": text}),
-                        };
-                        Rendered::json(
-                            json!({"modifiedResult": result, "additionalContext": "Gatehouse redacted sensitive data from this output."}),
-                        )
-                    }
-                    OutputVerdict::Block => Rendered::json(
-                        json!({"modifiedResult": {"resultType": "denied", "textResultForLlm": msg}}),
-                    ),
-                    OutputVerdict::Escalate => Rendered::json(
-                        json!({"additionalContext": format!("Gatehouse flagged this output for review: {}", o.reason)}),
-                    ),
-                };
-            }
-            match o.verdict {
-                Verdict::Allow => Rendered::nothing(),
-                v => {
-                    let decision = if v == Verdict::Ask { "ask" } else { "deny" };
-                    let mut out =
-                        json!({"permissionDecision": decision, "permissionDecisionReason": msg});
-                    if h.hook_event == "PreToolUse" {
-                        // The Claude-style (VS Code) format reads this shape.
-                        out["hookSpecificOutput"] = json!({"hookEventName": "PreToolUse", "permissionDecision": decision, "permissionDecisionReason": msg});
-                    }
-                    Rendered::json(out)
+        if post {
+            return match o.output_verdict() {
+                OutputVerdict::Allow => Rendered::nothing(),
+                OutputVerdict::Redact => {
+                    let text = match o.redacted() {
+                        Some(Value::Object(m)) => {
+                            m.get("textResultForLlm").cloned().unwrap_or(Value::Null)
+                        }
+                        Some(other) => other.clone(),
+                        None => Value::Null,
+                    };
+                    let result = match o.redacted() {
+                        Some(Value::Object(_)) => o.redacted().cloned().unwrap_or_default(),
+                        _ => json!({"resultType": "success", "textResultForLlm": text}),
+                    };
+                    Rendered::json(
+                        json!({"modifiedResult": result, "additionalContext": "Gatehouse redacted sensitive data from this output."}),
+                    )
                 }
+                OutputVerdict::Block => Rendered::json(
+                    json!({"modifiedResult": {"resultType": "denied", "textResultForLlm": msg}}),
+                ),
+                OutputVerdict::Escalate => Rendered::json(
+                    json!({"additionalContext": format!("Gatehouse flagged this output for review: {}", o.reason)}),
+                ),
+            };
+        }
+        match o.verdict {
+            Verdict::Allow => Rendered::nothing(),
+            v => {
+                let decision = if v == Verdict::Ask { "ask" } else { "deny" };
+                let mut out =
+                    json!({"permissionDecision": decision, "permissionDecisionReason": msg});
+                if h.hook_event == "PreToolUse" {
+                    // The Claude-style (VS Code) format reads this shape.
+                    out["hookSpecificOutput"] = json!({"hookEventName": "PreToolUse", "permissionDecision": decision, "permissionDecisionReason": msg});
+                }
+                Rendered::json(out)
             }
         }
     }

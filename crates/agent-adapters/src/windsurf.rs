@@ -16,49 +16,47 @@ pub(crate) struct Windsurf;
 impl Adapter for Windsurf {
     fn map(&self, v: &Value, principal: &str) -> Result<(String, Mapped), BadInput> {
         let rt = Agent::Windsurf.name();
-        {
-            let hook = need(v, "agent_action_name", "Windsurf")?.to_owned();
-            let sid = str_field(v, "trajectory_id");
-            let info = v.get("tool_info").cloned().unwrap_or(Value::Null);
-            let cwd = str_field(&info, "cwd");
-            let kind = match hook.as_str() {
-                "pre_run_command" => pre_tool(
-                    "run_command",
-                    json!({"command": str_field(&info, "command_line")}),
-                    "",
-                    cwd,
+        let hook = need(v, "agent_action_name", "Windsurf")?.to_owned();
+        let sid = str_field(v, "trajectory_id");
+        let info = v.get("tool_info").cloned().unwrap_or(Value::Null);
+        let cwd = str_field(&info, "cwd");
+        let kind = match hook.as_str() {
+            "pre_run_command" => pre_tool(
+                "run_command",
+                json!({"command": str_field(&info, "command_line")}),
+                "",
+                cwd,
+            ),
+            "pre_write_code" => pre_tool(
+                "write_code",
+                json!({"file_path": str_field(&info, "file_path")}),
+                "",
+                cwd,
+            ),
+            "pre_read_code" => pre_tool(
+                "read_code",
+                json!({"file_path": str_field(&info, "file_path")}),
+                "",
+                cwd,
+            ),
+            "pre_mcp_tool_use" => pre_tool(
+                &format!(
+                    "mcp__{}__{}",
+                    str_field(&info, "mcp_server_name"),
+                    str_field(&info, "mcp_tool_name")
                 ),
-                "pre_write_code" => pre_tool(
-                    "write_code",
-                    json!({"file_path": str_field(&info, "file_path")}),
-                    "",
-                    cwd,
-                ),
-                "pre_read_code" => pre_tool(
-                    "read_code",
-                    json!({"file_path": str_field(&info, "file_path")}),
-                    "",
-                    cwd,
-                ),
-                "pre_mcp_tool_use" => pre_tool(
-                    &format!(
-                        "mcp__{}__{}",
-                        str_field(&info, "mcp_server_name"),
-                        str_field(&info, "mcp_tool_name")
-                    ),
-                    info.get("mcp_tool_arguments")
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    "",
-                    cwd,
-                ),
-                "pre_user_prompt" => EventKind::UserPrompt {
-                    prompt: str_field(&info, "user_prompt").into(),
-                },
-                _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
-            };
-            Ok((hook, event(principal, sid, rt, kind)))
-        }
+                info.get("mcp_tool_arguments")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+                "",
+                cwd,
+            ),
+            "pre_user_prompt" => EventKind::UserPrompt {
+                prompt: str_field(&info, "user_prompt").into(),
+            },
+            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+        };
+        Ok((hook, event(principal, sid, rt, kind)))
     }
 
     fn render(&self, _h: &HookInput, o: &Outcome) -> Rendered {

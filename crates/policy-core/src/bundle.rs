@@ -106,6 +106,13 @@ pub struct Bundle {
     pub(crate) types: TypeNames,
     pub(crate) config: BundleConfig,
     pub(crate) warnings: Vec<Diagnostic>,
+    /// Some policy or entity names `shell` (so `context.shell` is built).
+    /// Cedar has no computed attribute names, so a bundle that never
+    /// writes the word cannot read the field.
+    pub(crate) uses_shell: bool,
+    /// Some policy or entity names `ToolGroup` (so tools get their
+    /// built-in groups as parents).
+    pub(crate) uses_tool_groups: bool,
 }
 
 impl Bundle {
@@ -275,7 +282,22 @@ impl Bundle {
 
         let types = type_names();
         let by_action = index_by_action(&all, &types);
+        // What the policies can read, from their JSON form (comments and
+        // spacing gone; `context.shell`, `context["shell"]` and `context has
+        // shell` all name the attribute as the string "shell"). A string
+        // literal "shell" only makes this true needlessly, never false.
+        let policy_json: Vec<String> = all
+            .iter()
+            .filter_map(|p| p.to_json().ok().map(|j| j.to_string()))
+            .collect();
+        let uses_shell = policy_json.iter().any(|j| j.contains("\"shell\""));
+        let uses_tool_groups = policy_json.iter().any(|j| j.contains("ToolGroup"))
+            || files
+                .iter()
+                .any(|f| f.path == ENTITIES_FILE && f.content.contains("ToolGroup"));
         Ok(Self {
+            uses_shell,
+            uses_tool_groups,
             hash,
             files,
             policy_count: all.len(),

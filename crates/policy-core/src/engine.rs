@@ -11,7 +11,7 @@ use cedar_policy::{
 use crate::bundle::{Bundle, FieldType, StoredEntity, uid};
 use crate::decision::{Decision, ReasonCode, Verdict};
 use crate::event::{Event, EventKind, Usage};
-use crate::tools::{Target, targets, tool_groups};
+use crate::tools::{Target, targets_with, tool_groups};
 
 /// Metadata keys that clients may not set: Gatehouse derives them.
 pub const RESERVED_METADATA_KEYS: [&str; 1] = ["agent_id"];
@@ -101,7 +101,7 @@ impl Bundle {
     /// A tool call that touches several files (or URLs) is decided once per
     /// file: any DENY denies the call, else any ASK asks.
     pub(crate) fn cedar(&self, event: &Event, findings: &[String]) -> Decision {
-        let targets = match event_targets(event) {
+        let targets = match event_targets(event, self.uses_shell) {
             Ok(t) => t,
             Err(why) => return Decision::deny(ReasonCode::MalformedEvent, why, &self.hash),
         };
@@ -166,7 +166,7 @@ impl Bundle {
 
     /// Decides one event and reports what was considered and what matched.
     pub fn explain(&self, event: &Event) -> Explanation {
-        let targets = match event_targets(event) {
+        let targets = match event_targets(event, self.uses_shell) {
             Ok(t) => t,
             Err(why) => {
                 let mut out = self.explain_target(event, &Target::default());
@@ -380,7 +380,10 @@ impl Bundle {
         let mut included: HashSet<EntityUid> = HashSet::new();
         self.push_entity(&principal, HashMap::new(), &[], &mut wanted, &mut included)?;
         let groups: Vec<EntityUid> = match &event.kind {
-            EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
+            // Group membership only costs when the bundle can ask about it.
+            EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. }
+                if self.uses_tool_groups =>
+            {
                 tool_groups(tool_name)
                     .into_iter()
                     .map(|g| uid(&t.tool_group, g.name()))
@@ -655,7 +658,7 @@ impl Bundle {
 
 /// The targets a tool event is decided for (see [`crate::tools::targets`]);
 /// every other event has one empty target.
-fn event_targets(event: &Event) -> Result<Vec<Target>, String> {
+fn event_targets(event: &Event, parse_shell: bool) -> Result<Vec<Target>, String> {
     match &event.kind {
         EventKind::PreToolUse {
             tool_name,
@@ -668,7 +671,7 @@ fn event_targets(event: &Event) -> Result<Vec<Target>, String> {
             input,
             cwd,
             ..
-        } => targets(tool_name, input, cwd),
+        } => targets_with(tool_name, input, cwd, parse_shell),
         _ => Ok(vec![Target::default()]),
     }
 }
@@ -1023,6 +1026,23 @@ forbid(principal, action == Gatehouse::Action::"call_tool", resource in Gatehous
         assert_eq!(verdict(&e), (Verdict::Deny, "etc-writes".into()));
         assert_eq!(b.explain(&e).decision, b.evaluate(&e));
         assert_eq!(b.explain(&e).matched_forbids, vec!["etc-writes"]);
+    }
+
+    #[test]
+    fn every_spelling_of_context_shell_sees_the_parsed_command() {
+        for cond in [
+            "context has shell && context.shell.programs.contains(\"rm\")",
+            "context has \"shell\" && context[\"shell\"].programs.contains(\"rm\")",
+            "context has shell &&\n  // a comment between\n  context\n  .shell.programs.contains(\"rm\")",
+        ] {
+            let policies = format!(
+                "@id(\"allow\") permit(principal, action, resource);\n\
+                 @id(\"no-rm\") forbid(principal, action, resource in Gatehouse::ToolGroup::\"shell\") when {{ {cond} }};"
+            );
+            let b = bundle(&[("p.cedar", &policies)]);
+            let e = tool("Bash", serde_json::json!({"command": "sudo rm -rf /"}), "/");
+            assert_eq!(b.evaluate(&e).policies, vec!["no-rm"], "{cond}");
+        }
     }
 
     fn load_err(files: &[(&str, &str)]) -> Vec<String> {

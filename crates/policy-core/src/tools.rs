@@ -158,14 +158,29 @@ pub fn is_mcp_tool(tool_name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("mcp:"))
 }
 
+/// Every table's names, lowercased, with the union of their groups: built
+/// once, read on every decision.
+fn by_name() -> &'static std::collections::HashMap<String, Vec<ToolGroup>> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<String, Vec<ToolGroup>>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        let mut map: std::collections::HashMap<String, Vec<ToolGroup>> =
+            std::collections::HashMap::new();
+        for (name, groups) in TABLES.iter().flat_map(|t| t.iter()) {
+            map.entry(name.to_ascii_lowercase())
+                .or_default()
+                .extend(groups.iter().copied());
+        }
+        map
+    })
+}
+
 /// The built-in groups a tool belongs to, sorted and without repeats.
 pub fn tool_groups(tool_name: &str) -> Vec<ToolGroup> {
-    let mut out: Vec<ToolGroup> = TABLES
-        .iter()
-        .flat_map(|t| t.iter())
-        .filter(|(name, _)| name.eq_ignore_ascii_case(tool_name))
-        .flat_map(|(_, groups)| groups.iter().copied())
-        .collect();
+    let mut out: Vec<ToolGroup> = by_name()
+        .get(&tool_name.to_ascii_lowercase())
+        .cloned()
+        .unwrap_or_default();
     if is_mcp_tool(tool_name) {
         out.push(ToolGroup::Mcp);
     }
@@ -214,6 +229,17 @@ const URL_KEYS: [&str; 2] = ["url", "uri"];
 /// URL, else a single target. Never empty. `Err` when the call touches
 /// more than [`MAX_TARGETS`].
 pub fn targets(tool_name: &str, input: &Value, cwd: &str) -> Result<Vec<Target>, String> {
+    targets_with(tool_name, input, cwd, true)
+}
+
+/// [`targets`], parsing shell commands into [`Target::shell`] only when
+/// `parse_shell` (a bundle whose policies never name `shell` skips it).
+pub(crate) fn targets_with(
+    tool_name: &str,
+    input: &Value,
+    cwd: &str,
+    parse_shell: bool,
+) -> Result<Vec<Target>, String> {
     let groups = tool_groups(tool_name);
     let has = |g| groups.contains(&g);
     let (command, shell) = if has(ToolGroup::Shell) {
@@ -227,12 +253,15 @@ pub fn targets(tool_name: &str, input: &Value, cwd: &str) -> Result<Vec<Target>,
                 match words {
                     Some(words) => (
                         command_line(&Value::Array(items.clone())),
-                        Some(crate::shell::analyze_argv(&words)),
+                        parse_shell.then(|| crate::shell::analyze_argv(&words)),
                     ),
                     None => (None, None),
                 }
             }
-            Some(Value::String(s)) => (Some(s.clone()), Some(crate::shell::analyze(s))),
+            Some(Value::String(s)) => (
+                Some(s.clone()),
+                parse_shell.then(|| crate::shell::analyze(s)),
+            ),
             _ => (None, None),
         }
     } else {
