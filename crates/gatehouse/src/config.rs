@@ -39,6 +39,10 @@ pub(crate) struct ServeArgs {
     /// (SIGHUP always reloads) [default: 2000].
     #[arg(long)]
     watch_ms: Option<u64>,
+    /// A changed bundle without a bundle.lock manifest is activated only
+    /// after its files stay unchanged this long, in ms [default: 1000].
+    #[arg(long)]
+    settle_ms: Option<u64>,
     /// Where budgets, revocations, grants and approvals persist
     /// [default: next to the audit log, `<audit>.state.db`].
     #[arg(long)]
@@ -62,6 +66,7 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     watch_ms: Option<u64>,
+    settle_ms: Option<u64>,
     state: Option<PathBuf>,
     admin_token: Option<String>,
 }
@@ -129,6 +134,9 @@ impl ServeArgs {
             .or(file.admin_token)
             .or_else(|| std::env::var("GATEHOUSE_ADMIN_TOKEN").ok())
             .filter(|t| !t.is_empty());
+        if let Some(ms) = self.settle_ms.or(file.settle_ms) {
+            server.settle = Duration::from_millis(ms);
+        }
         Ok(Settings {
             listen,
             audit,

@@ -154,7 +154,11 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
         }
     }
     if let Some(dir) = &args.policies {
-        let local = bundle_dir::read_bundle_dir(dir)
+        // One snapshot, checked against bundle.lock when there is one: a
+        // bundle being rewritten is refused (and the hook fails closed)
+        // rather than read half-written.
+        let local = bundle_dir::read_snapshot(dir)
+            .map(|s| s.files)
             .map_err(|e| e.to_string())
             .and_then(|files| policy_core::Bundle::load(files).map_err(|e| e.to_string()));
         match local {

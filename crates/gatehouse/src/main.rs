@@ -56,6 +56,11 @@ enum Command {
     /// Run the bundle's policy tests (DIR/tests/*.jsonl); exit 1 on any
     /// failure.
     Test(test_cmd::TestArgs),
+    /// Bundle maintenance: `gatehouse bundle lock DIR` writes DIR/bundle.lock,
+    /// the SHA-256 of every file; the server then activates only that file
+    /// set.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Decide every event of a recorded session and print one JSON
     /// decision per line.
     Replay(replay::ReplayArgs),
@@ -95,6 +100,38 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BundleCmd {
+    /// Validate DIR and write DIR/bundle.lock (atomically) for its files.
+    Lock {
+        /// The bundle directory.
+        dir: PathBuf,
+    },
+}
+
+fn bundle_lock(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // Lock exactly the files that were validated.
+    let files = bundle_dir::read_bundle_dir(dir)?;
+    if let Err(e) = policy_core::Bundle::load(files.clone()) {
+        for d in &e.diagnostics {
+            let mut d = d.clone();
+            if !d.file.starts_with('<') {
+                d.file = dir.join(&d.file).display().to_string();
+            }
+            println!("{d}");
+        }
+        eprintln!("not locked: the bundle is invalid");
+        return Ok(ExitCode::from(1));
+    }
+    bundle_dir::write_manifest(dir, &files)?;
+    println!(
+        "locked {} files in {}",
+        files.len(),
+        dir.join(bundle_dir::MANIFEST).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -124,6 +161,7 @@ fn main() -> ExitCode {
         }
         Command::Schema { mcp: Some(path) } => schema_mcp(&path),
         Command::Test(args) => test_cmd::run(args),
+        Command::Bundle(BundleCmd::Lock { dir }) => bundle_lock(&dir),
     };
     match result {
         Ok(code) => code,
@@ -185,9 +223,32 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
             "gatehouse serving"
         );
         drop(bundle);
+        // SIGTERM is how systemd, Docker and Kubernetes stop a process;
+        // SIGINT is Ctrl-C. Either stops accepting, answers what streams
+        // accepted, and returns once the server has drained.
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let term = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                    () = term => tracing::info!("SIGTERM: shutting down"),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            }
         };
         sidecar_server::serve(settings.server, policy, Arc::new(audit), listener, shutdown).await?;
         Ok(ExitCode::SUCCESS)

@@ -294,7 +294,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
     });
     let bootstrap = policies
         .as_ref()
-        .map(|p| bundle_dir::read_bundle_dir(p))
+        .map(|p| bundle_dir::read_snapshot(p).map(|s| s.files))
         .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

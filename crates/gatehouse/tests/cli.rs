@@ -398,3 +398,37 @@ fn validate_checks_bundle_config() {
         "the sender-keyed limit warns: {err}"
     );
 }
+
+/// SIGTERM (how systemd, Docker and Kubernetes stop a process) drains the
+/// server and exits 0, with every decision in an intact audit.
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let mut served = serve(&db);
+    decide(&served.addr, 6);
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = served.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let (code, out) = verify(&db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("6 records"), "{out}");
+}

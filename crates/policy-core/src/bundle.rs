@@ -331,10 +331,47 @@ impl Bundle {
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }
+
+    /// Why activating `next` in place of this bundle looks like a
+    /// half-written file: forbids (asks included) of this bundle that `next`
+    /// drops while the file that held them is, in `next`, empty of policies
+    /// or a truncation of its old content. `None` when it does not.
+    pub fn truncation_hazard(&self, next: &Bundle) -> Option<String> {
+        let mut lost: Vec<(String, String)> = Vec::new();
+        for (id, info) in &self.policies {
+            if info.effect != Effect::Forbid || next.policies.contains_key(id) {
+                continue;
+            }
+            let Some(new) = next.files.iter().find(|f| f.path == info.file) else {
+                // The whole file was removed: a deliberate deletion.
+                continue;
+            };
+            let old = self
+                .files
+                .iter()
+                .find(|f| f.path == info.file)
+                .map_or("", |f| f.content.as_str());
+            let emptied = !next.policies.values().any(|i| i.file == info.file);
+            let truncated = new.content.len() < old.len() && old.starts_with(new.content.as_str());
+            if emptied || truncated {
+                lost.push((info.file.clone(), id.to_string()));
+            }
+        }
+        if lost.is_empty() {
+            return None;
+        }
+        lost.sort();
+        let list: Vec<String> = lost.iter().map(|(f, id)| format!("{id} ({f})")).collect();
+        Some(format!(
+            "the new bundle drops forbid {} while its file is empty or truncated: \
+             a half-written file; keeping the current bundle",
+            list.join(", ")
+        ))
+    }
 }
 
 /// Hex SHA-256 over sorted files; identical on every path that loads them.
-fn content_hash(files: &[BundleFile]) -> String {
+pub fn content_hash(files: &[BundleFile]) -> String {
     let mut h = Sha256::new();
     for f in files {
         h.update((f.path.len() as u64).to_le_bytes());

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Poll the bundle directory for changes this often (SIGHUP always
     /// reloads).
     pub watch_interval: Option<Duration>,
+    /// A changed bundle without a manifest is activated by the watcher or
+    /// SIGHUP only after its files stay unchanged this long.
+    pub settle: Duration,
     /// Where budgets, revocations, grants and approvals persist. `None`
     /// keeps them in memory only.
     pub state: Option<PathBuf>,
@@ -56,6 +59,7 @@ impl ServerConfig {
             max_in_flight_per_stream: 1024,
             max_streams_per_connection: 1024,
             watch_interval: Some(Duration::from_secs(2)),
+            settle: DEFAULT_SETTLE,
             state: None,
             admin_token: None,
         }
@@ -69,6 +73,11 @@ pub enum ServerError {
     #[error(transparent)]
     BundleDir(#[from] BundleDirError),
     #[error(transparent)]
+    Snapshot(#[from] bundle_dir::SnapshotError),
+    /// The new bundle looks half-written; the old one stays.
+    #[error("{0}")]
+    HalfWritten(String),
+    #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -81,22 +90,46 @@ pub enum ServerError {
 }
 
 /// The current bundle, shared by every stream; reloads swap it whole.
+///
+/// Activation is atomic in what it reads, not only in how it swaps: a
+/// bundle is read as one snapshot (a `..data` or directory symlink is
+/// resolved once), must match `bundle.lock` when the bundle has one, must
+/// (without one) stay unchanged for the settle interval before the watcher
+/// or SIGHUP activates it, and may never drop forbids through an emptied or
+/// truncated file.
 #[derive(Debug, Clone)]
 pub struct PolicyHandle {
     dir: PathBuf,
     tx: Arc<watch::Sender<Arc<Bundle>>>,
+    settle: Duration,
+    /// A changed file set seen on disk, and since when, not yet settled.
+    pending: Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>,
 }
 
+/// How long a changed bundle must stay unchanged before it is activated
+/// (without a manifest).
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
+
 impl PolicyHandle {
-    /// Loads the bundle at `dir`; fails if it is invalid.
+    /// Loads the bundle at `dir`; fails if it is invalid or does not match
+    /// its manifest.
     pub fn load(dir: impl Into<PathBuf>) -> Result<Self, ServerError> {
         let dir = dir.into();
-        let bundle = Bundle::load(read_bundle_dir(&dir)?)?;
+        let snapshot = bundle_dir::read_snapshot(&dir)?;
+        let bundle = Bundle::load(snapshot.files)?;
         let (tx, _) = watch::channel(Arc::new(bundle));
         Ok(Self {
             dir,
             tx: Arc::new(tx),
+            settle: DEFAULT_SETTLE,
+            pending: Arc::default(),
         })
+    }
+
+    /// Sets the settle interval.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The bundle in force now.
@@ -108,14 +141,58 @@ impl PolicyHandle {
         self.tx.subscribe()
     }
 
-    /// Validates the directory and, if valid and changed, swaps it in.
-    /// Returns whether the bundle changed. An invalid bundle is rejected
-    /// and the old one stays.
+    /// Reads the directory now and, if it is valid and changed, swaps it in
+    /// at once (no settle interval: for callers who know the write is
+    /// complete). Returns whether the bundle changed. An invalid,
+    /// unmatched or half-written bundle is rejected and the old one stays.
     pub fn reload(&self) -> Result<bool, ServerError> {
-        let files = read_bundle_dir(&self.dir)?;
-        let bundle = Bundle::load(files)?;
-        if bundle.hash() == self.current().hash() {
+        let snapshot = bundle_dir::read_snapshot(&self.dir)?;
+        self.activate(snapshot.files)
+    }
+
+    /// One look at the directory by the watcher (or SIGHUP): activates a
+    /// changed bundle that matches its manifest, or, without a manifest,
+    /// one whose files have not changed for the settle interval since they
+    /// were first seen. Returns whether the bundle changed.
+    pub fn observe(&self) -> Result<bool, ServerError> {
+        let snapshot = match bundle_dir::read_snapshot(&self.dir) {
+            Ok(s) => s,
+            Err(bundle_dir::SnapshotError::ManifestMismatch(why)) => {
+                tracing::debug!(%why, "bundle does not match its manifest yet; waiting");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let hash = policy_core::content_hash(&snapshot.files);
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if hash == self.current().hash() {
+            *pending = None;
             return Ok(false);
+        }
+        let settled = snapshot.locked
+            || matches!(&*pending, Some((h, since)) if *h == hash && since.elapsed() >= self.settle);
+        if !settled {
+            if pending.as_ref().is_none_or(|(h, _)| *h != hash) {
+                *pending = Some((hash, std::time::Instant::now()));
+            }
+            return Ok(false);
+        }
+        *pending = None;
+        drop(pending);
+        self.activate(snapshot.files)
+    }
+
+    fn activate(&self, files: Vec<policy_core::BundleFile>) -> Result<bool, ServerError> {
+        let bundle = Bundle::load(files)?;
+        let current = self.current();
+        if bundle.hash() == current.hash() {
+            return Ok(false);
+        }
+        if let Some(why) = current.truncation_hazard(&bundle) {
+            return Err(ServerError::HalfWritten(why));
         }
         tracing::info!(
             hash = bundle.hash(),
@@ -124,6 +201,11 @@ impl PolicyHandle {
         );
         self.tx.send_replace(Arc::new(bundle));
         Ok(true)
+    }
+
+    /// The settle interval.
+    pub fn settle(&self) -> Duration {
+        self.settle
     }
 }
 
@@ -182,7 +264,10 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
-    let reloader = tokio::spawn(reload_loop(policy, config.watch_interval));
+    let reloader = tokio::spawn(reload_loop(
+        policy.with_settle(config.settle),
+        config.watch_interval,
+    ));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
@@ -201,7 +286,7 @@ pub async fn serve(
 
 /// Reloads on SIGHUP and, when configured, when the directory changes.
 async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
-    let reload = |why: &str| match policy.reload() {
+    let reload = |why: &str| match policy.observe() {
         Ok(_) => {}
         Err(e) => {
             tracing::error!(trigger = why, error = %e, "policy reload rejected; keeping the current bundle")
@@ -231,7 +316,13 @@ async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
             }
         };
         tokio::select! {
-            () = hup_fut => reload("sighup"),
+            () = hup_fut => {
+                // Look, wait out the settle interval, look again: a bundle
+                // still being written is not activated.
+                reload("sighup");
+                tokio::time::sleep(policy.settle()).await;
+                reload("sighup");
+            }
             () = tick_fut => reload("watch"),
         }
     }
