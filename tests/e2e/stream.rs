@@ -121,6 +121,17 @@ async fn unknown_kind_malformed_input_and_principal_mismatch_are_denied_and_the_
         (v1::Verdict::Deny, "principal_mismatch")
     );
 
+    // Naming another session on this stream is denied: otherwise a
+    // revoked session could step around its revocation.
+    let mut elsewhere = bash("elsewhere", "e-elsewhere", "ls");
+    elsewhere.session_id = "another-session".into();
+    s.tx.send(ev(elsewhere)).await?;
+    let d = s.decision().await?;
+    assert_eq!(
+        (d.verdict(), d.reason_code.as_str()),
+        (v1::Verdict::Deny, "session_mismatch")
+    );
+
     s.tx.send(ev(bash("ok", "e-ok", "ls"))).await?;
     let d = s.decision().await?;
     assert_eq!(
@@ -137,6 +148,7 @@ async fn unknown_kind_malformed_input_and_principal_mismatch_are_denied_and_the_
     assert!(kinds.contains(&("e-unknown", "unknown_event")));
     assert!(kinds.contains(&("e-bad", "malformed_event")));
     assert!(kinds.contains(&("e-other", "principal_mismatch")));
+    assert!(kinds.contains(&("e-elsewhere", "session_mismatch")));
     Ok(())
 }
 

@@ -49,6 +49,8 @@ pub enum ReasonCode {
     MetadataTooLarge,
     /// An event on a stream named another agent than the stream's hello.
     PrincipalMismatch,
+    /// A stream event names another session than the stream's hello.
+    SessionMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
     AuditUnavailable,
     /// A rate limit refused the event (see `retry_after_ms`).
@@ -89,6 +91,7 @@ impl ReasonCode {
             Self::ReservedMetadataKey => "reserved_metadata_key",
             Self::MetadataTooLarge => "metadata_too_large",
             Self::PrincipalMismatch => "principal_mismatch",
+            Self::SessionMismatch => "session_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
             Self::RateLimited => "rate_limited",
             Self::BudgetExceeded => "budget_exceeded",

@@ -85,20 +85,33 @@ impl Inner {
             Ok(mut event) => {
                 let mismatch = match peer {
                     Some(p) => {
-                        let mismatch = !event.agent_id.is_empty() && event.agent_id != p.agent_id;
+                        let agent = !event.agent_id.is_empty() && event.agent_id != p.agent_id;
+                        // An event may not name another session than its
+                        // stream: that would step around a revocation of
+                        // the stream's session.
+                        let session = !event.session_id.is_empty()
+                            && !p.session_id.is_empty()
+                            && event.session_id != p.session_id;
                         fill_from_peer(&mut event, p);
-                        mismatch
+                        if agent {
+                            Some((
+                                ReasonCode::PrincipalMismatch,
+                                "the event names another agent than the stream's hello",
+                            ))
+                        } else if session {
+                            Some((
+                                ReasonCode::SessionMismatch,
+                                "the event names another session than the stream's hello",
+                            ))
+                        } else {
+                            None
+                        }
                     }
-                    None => false,
+                    None => None,
                 };
-                let decision = if mismatch {
-                    Decision::deny(
-                        ReasonCode::PrincipalMismatch,
-                        "the event names another agent than the stream's hello",
-                        bundle.hash(),
-                    )
-                } else {
-                    self.control.decide(bundle, &event)
+                let decision = match mismatch {
+                    Some((code, why)) => Decision::deny(code, why, bundle.hash()),
+                    None => self.control.decide(bundle, &event),
                 };
                 (event, decision)
             }
