@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use audit_store::{AuditError, AuditRecord, AuditStore, BoxFuture, Query, VerifyReport};
 use gatehouse_tests::TestServer;
-use hook_proto::v1::{self, ClientFrame, HookEvent, server_frame};
+use hook_proto::v1::{self, ClientFrame, HookEvent, client_frame, server_frame};
 use sidecar_server::reason_code_of;
 
 use crate::helpers::{bash, ev, hello, open, quickstart};
@@ -211,6 +211,38 @@ async fn first_frame_must_be_hello() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(reason_code_of(&status).as_deref(), Some("malformed_frame"));
+
+    // A blank agent is no agent; version 0 is a hello that set no version.
+    let status = stream_status(&server, vec![hello("  ", "s", "")]).await?;
+    assert_eq!(
+        reason_code_of(&status).as_deref(),
+        Some("missing_principal")
+    );
+    let mut v0 = hello("a", "s", "");
+    if let Some(client_frame::Frame::Hello(h)) = &mut v0.frame {
+        h.protocol_version = 0;
+    }
+    let status = stream_status(&server, vec![v0]).await?;
+    assert_eq!(
+        reason_code_of(&status).as_deref(),
+        Some("unsupported_protocol_version")
+    );
+
+    // An event without an id is denied (and audited), on both RPCs.
+    let mut s = open(&server, hello("alice", "s", "")).await?;
+    s.tx.send(ev(bash("no-id", "", "ls"))).await?;
+    let d = s.decision().await?;
+    assert_eq!(
+        (d.verdict(), d.reason_code.as_str()),
+        (v1::Verdict::Deny, "malformed_event")
+    );
+    let mut unary = bash("u", " ", "ls");
+    unary.agent_id = "alice".into();
+    let d = server.client().await?.evaluate(unary).await?.into_inner();
+    assert_eq!(
+        (d.verdict(), d.reason_code.as_str()),
+        (v1::Verdict::Deny, "malformed_event")
+    );
     Ok(())
 }
 

@@ -139,7 +139,7 @@ impl Bundle {
                 "unknown event kind: this server does not know how to decide it".into(),
             );
         };
-        if event.agent_id.is_empty() {
+        if event.agent_id.trim().is_empty() {
             return deny(
                 ReasonCode::MissingPrincipal,
                 "the event names no agent".into(),
@@ -852,11 +852,13 @@ when { context.input has command && context.input.command like "git push --force
             (d.verdict, d.reason_code),
             (Verdict::Deny, ReasonCode::UnknownEvent)
         );
-        let d = b.evaluate(&bash("", "ls"));
-        assert_eq!(
-            (d.verdict, d.reason_code),
-            (Verdict::Deny, ReasonCode::MissingPrincipal)
-        );
+        for blank in ["", "  "] {
+            let d = b.evaluate(&bash(blank, "ls"));
+            assert_eq!(
+                (d.verdict, d.reason_code),
+                (Verdict::Deny, ReasonCode::MissingPrincipal)
+            );
+        }
         let mut e = bash("alice", "ls");
         e.metadata.insert("agent_id".into(), "root".into());
         assert_eq!(b.evaluate(&e).reason_code, ReasonCode::ReservedMetadataKey);

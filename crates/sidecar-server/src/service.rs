@@ -82,6 +82,19 @@ impl Inner {
     /// decision is in the audit, or is a DENY saying why it is not.
     async fn decide(&self, bundle: &Bundle, wire: &HookEvent, peer: Option<&Peer>) -> v1::Decision {
         let (event, decision) = match event_from_proto(wire) {
+            // Every decision is recorded and matched by its event id: an
+            // event without one cannot be attributed or replayed safely.
+            Ok(mut event) if wire.event_id.trim().is_empty() => {
+                if let Some(p) = peer {
+                    fill_from_peer(&mut event, p);
+                }
+                let d = Decision::deny(
+                    ReasonCode::MalformedEvent,
+                    "the event has no event_id",
+                    bundle.hash(),
+                );
+                (event, d)
+            }
             Ok(mut event) => {
                 let mismatch = match peer {
                     Some(p) => {
@@ -404,7 +417,8 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
             return;
         }
     };
-    if hello.protocol_version > PROTOCOL_VERSION {
+    // Version 0 is a hello that never set the field: not a version.
+    if hello.protocol_version == 0 || hello.protocol_version > PROTOCOL_VERSION {
         let _ = tx
             .send(Err(status(
                 Code::FailedPrecondition,
@@ -417,7 +431,7 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
             .await;
         return;
     }
-    if hello.agent_id.is_empty() {
+    if hello.agent_id.trim().is_empty() {
         let _ = tx
             .send(Err(status(
                 Code::InvalidArgument,
