@@ -360,7 +360,7 @@ fn spawn_socket(
     relay: Arc<Relay>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -386,9 +386,27 @@ fn spawn_socket(
             let relay = relay.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = match serde_json::from_str::<serde_json::Value>(&line)
+                let mut reader = BufReader::new(read);
+                let mut buf = Vec::new();
+                loop {
+                    // One request per line, at most MAX_HOOK_BODY bytes: a
+                    // longer line is refused and the connection closed, so
+                    // a peer cannot make the relay buffer without bound.
+                    buf.clear();
+                    let mut limited = (&mut reader).take(MAX_HOOK_BODY as u64 + 1);
+                    match limited.read_until(b'\n', &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if buf.len() > MAX_HOOK_BODY && buf.last() != Some(&b'\n') {
+                        let reply = serde_json::json!({
+                            "error": format!("request line longer than {MAX_HOOK_BODY} bytes")
+                        });
+                        let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                        break;
+                    }
+                    let line = String::from_utf8_lossy(&buf);
+                    let reply = match serde_json::from_str::<serde_json::Value>(line.trim_end())
                         .ok()
                         .and_then(|v| v.get("event").cloned())
                         .map(serde_json::from_value::<Event>)

@@ -336,3 +336,27 @@ fn the_relay_socket_refuses_other_users() {
     );
     assert_eq!(out, "");
 }
+
+/// A request line over the socket's cap is refused and its connection
+/// closed, without the relay buffering it; other connections go on.
+#[cfg(unix)]
+#[test]
+fn the_relay_socket_caps_request_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path(), &["--policies", quickstart().to_str().unwrap()]);
+    let mut stream = std::os::unix::net::UnixStream::connect(&relay.socket).unwrap();
+    let chunk = vec![b'x'; 1024 * 1024];
+    // 33 MiB with no newline; the relay stops reading after 32 MiB.
+    for _ in 0..33 {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    assert!(reply.contains("request line longer than"), "{reply}");
+    let sock = relay.socket.to_str().unwrap().to_owned();
+    let (code, out, err) = hook("claude-code", &["--socket", &sock], LS);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "the next hook is answered as usual");
+}
