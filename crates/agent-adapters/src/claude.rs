@@ -66,6 +66,18 @@ pub(crate) fn claude_style_hooks(handler: Value, extra: &[&str]) -> Value {
     json!({ "hooks": hooks })
 }
 
+/// Claude Code and Codex events that carry no decision Gatehouse makes.
+const NO_DECISION: [&str; 8] = [
+    "Notification",
+    "Stop",
+    "SubagentStop",
+    "SubagentStart",
+    "StopFailure",
+    "PostCompact",
+    "Setup",
+    "PermissionDenied",
+];
+
 /// Maps one Claude Code hook input object. `agent` is the principal.
 pub fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
     let Some(obj) = input.as_object() else {
@@ -113,11 +125,14 @@ pub fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
             store: "transcript".into(),
             trigger: str_field(input, "trigger").to_owned(),
         },
-        other => {
+        other if NO_DECISION.contains(&other) => {
             return Ok(Mapped::NoDecision {
                 hook_event: other.to_owned(),
             });
         }
+        // An event this build does not know: decided as an unknown event
+        // (denied with `unknown_event`, and audited), never waved through.
+        _ => EventKind::Unknown,
     };
     Ok(Mapped::Event(Box::new(Event {
         event_id: String::new(),
@@ -136,8 +151,12 @@ pub fn map_input(input: &Value, agent: &str) -> Result<Mapped, BadInput> {
 fn render(h: &HookInput, o: &Outcome) -> Rendered {
     let event = h.hook_event.as_str();
     let msg = o.message();
+    let unknown = matches!(&h.mapped, Mapped::Event(e) if e.kind == EventKind::Unknown);
     match (event, o.verdict) {
         (_, _) if matches!(h.mapped, Mapped::NoDecision { .. }) => Rendered::nothing(),
+        // An event Gatehouse does not know: exit 2 is the one answer that
+        // blocks on every Claude Code event that can be blocked.
+        (_, Verdict::Deny | Verdict::Ask) if unknown => Rendered::exit2(&msg),
         ("PreToolUse", Verdict::Allow) => Rendered::nothing(),
         ("PreToolUse", v) => Rendered::json(json!({"hookSpecificOutput": {
             "hookEventName": "PreToolUse",

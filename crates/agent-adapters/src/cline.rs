@@ -10,6 +10,10 @@ use crate::{
     need, post_tool, pre_tool, redacted_as_text, str_field,
 };
 
+/// Cline events that carry no decision Gatehouse makes (every documented
+/// hook is decided).
+const NO_DECISION: [&str; 0] = [];
+
 #[derive(Debug)]
 pub(crate) struct Cline;
 
@@ -59,7 +63,12 @@ impl Adapter for Cline {
                 store: "transcript".into(),
                 trigger: "auto".into(),
             },
-            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+            h if NO_DECISION.contains(&h) => {
+                return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook }));
+            }
+            // An event this build does not know: denied as `unknown_event`
+            // (and audited), never waved through.
+            _ => EventKind::Unknown,
         };
         Ok((hook, event(principal, sid, rt, kind)))
     }

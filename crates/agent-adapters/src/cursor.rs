@@ -10,6 +10,23 @@ use crate::{
     is_post, json_or_string, need, post_tool, pre_tool, redacted_as_text, str_field, tool_name,
 };
 
+/// Cursor events that carry no decision Gatehouse makes.
+const NO_DECISION: [&str; 13] = [
+    "afterShellExecution",
+    "afterMCPExecution",
+    "afterFileEdit",
+    "postToolUseFailure",
+    "subagentStart",
+    "subagentStop",
+    "stop",
+    "preCompact",
+    "afterAgentResponse",
+    "afterAgentThought",
+    "workspaceOpen",
+    "beforeTabFileRead",
+    "afterTabFileEdit",
+];
+
 #[derive(Debug)]
 pub(crate) struct Cursor;
 
@@ -75,7 +92,12 @@ impl Adapter for Cursor {
             "sessionEnd" => EventKind::SessionEnd {
                 reason: str_field(v, "reason").into(),
             },
-            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+            h if NO_DECISION.contains(&h) => {
+                return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook }));
+            }
+            // An event this build does not know: denied as `unknown_event`
+            // (and audited), never waved through.
+            _ => EventKind::Unknown,
         };
         Ok((hook, event(principal, sid, rt, kind)))
     }

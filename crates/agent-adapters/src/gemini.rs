@@ -10,6 +10,14 @@ use crate::{
     need, post_tool, pre_tool, redacted_as_text, str_field,
 };
 
+/// Gemini CLI events that carry no decision Gatehouse makes.
+const NO_DECISION: [&str; 4] = [
+    "AfterAgent",
+    "AfterModel",
+    "BeforeToolSelection",
+    "Notification",
+];
+
 #[derive(Debug)]
 pub(crate) struct Gemini;
 
@@ -54,7 +62,12 @@ impl Adapter for Gemini {
                 store: "transcript".into(),
                 trigger: str_field(v, "trigger").into(),
             },
-            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+            h if NO_DECISION.contains(&h) => {
+                return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook }));
+            }
+            // An event this build does not know: denied as `unknown_event`
+            // (and audited), never waved through.
+            _ => EventKind::Unknown,
         };
         Ok((hook, event(principal, sid, rt, kind)))
     }

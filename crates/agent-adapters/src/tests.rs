@@ -397,3 +397,62 @@ fn undecidable_input_fails_closed_through_each_agents_mechanism() {
     let v = js(&Agent::ClaudeCode.render_unavailable(Some(&h), "relay down", false));
     assert_eq!(v["hookSpecificOutput"]["permissionDecision"], "deny");
 }
+
+#[test]
+fn unknown_hook_events_are_decided_and_blocked_not_waved_through() {
+    let inputs = [
+        (
+            Agent::ClaudeCode,
+            json!({"session_id": "s", "hook_event_name": "SomeFutureEvent"}),
+        ),
+        (
+            Agent::Codex,
+            json!({"session_id": "s", "hook_event_name": "SomeFutureEvent"}),
+        ),
+        (
+            Agent::Gemini,
+            json!({"session_id": "s", "hook_event_name": "SomeFutureEvent"}),
+        ),
+        (
+            Agent::Cursor,
+            json!({"conversation_id": "c", "hook_event_name": "someFutureEvent"}),
+        ),
+        (
+            Agent::Cline,
+            json!({"hookName": "SomeFutureEvent", "taskId": "t"}),
+        ),
+        (
+            Agent::Windsurf,
+            json!({"agent_action_name": "pre_future_thing", "trajectory_id": "t", "tool_info": {}}),
+        ),
+    ];
+    let deny = Outcome {
+        verdict: Verdict::Deny,
+        reason: "unknown event kind".into(),
+        reason_code: "unknown_event".into(),
+        approval_id: None,
+        output: None,
+        decided_by: "server".into(),
+    };
+    for (agent, input) in inputs {
+        let h = agent.map(input, "me").unwrap();
+        let Mapped::Event(e) = &h.mapped else {
+            panic!(
+                "{agent:?}: an unknown event must be decided, got {:?}",
+                h.mapped
+            )
+        };
+        assert_eq!(e.kind, EventKind::Unknown, "{agent:?}");
+        let r = agent.render(&h, &deny);
+        let blocks = r.exit_code == 2
+            || ["\"deny\"", "\"block\"", "\"cancel\":true"]
+                .iter()
+                .any(|m| r.stdout.contains(m));
+        assert!(blocks, "{agent:?} must block: {r:?}");
+    }
+    // Known events without a decision stay silent.
+    let stop = Agent::ClaudeCode
+        .map(json!({"session_id": "s", "hook_event_name": "Stop"}), "me")
+        .unwrap();
+    assert!(matches!(stop.mapped, Mapped::NoDecision { .. }));
+}

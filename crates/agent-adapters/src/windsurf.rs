@@ -10,6 +10,16 @@ use crate::{
     pre_tool, str_field,
 };
 
+/// Windsurf events that carry no decision Gatehouse makes.
+const NO_DECISION: [&str; 6] = [
+    "post_run_command",
+    "post_write_code",
+    "post_read_code",
+    "post_mcp_tool_use",
+    "post_cascade_response",
+    "post_user_prompt",
+];
+
 #[derive(Debug)]
 pub(crate) struct Windsurf;
 
@@ -54,7 +64,12 @@ impl Adapter for Windsurf {
             "pre_user_prompt" => EventKind::UserPrompt {
                 prompt: str_field(&info, "user_prompt").into(),
             },
-            _ => return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook })),
+            h if NO_DECISION.contains(&h) => {
+                return Ok((hook.clone(), Mapped::NoDecision { hook_event: hook }));
+            }
+            // An event this build does not know: denied as `unknown_event`
+            // (and audited), never waved through.
+            _ => EventKind::Unknown,
         };
         Ok((hook, event(principal, sid, rt, kind)))
     }

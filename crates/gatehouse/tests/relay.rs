@@ -144,6 +144,21 @@ fn claude_code_http_hook_round_trip() {
     );
     let (status, _) = post(&relay.addr, "/v1/hooks/nope", LS);
     assert_eq!(status, 404);
+    // An event name Gatehouse does not know is decided (unknown_event) and
+    // blocked, not answered with an empty "no objection".
+    let unknown = r#"{"session_id":"s1","hook_event_name":"SomeFutureEvent"}"#;
+    let (status, body) = post(&relay.addr, "/v1/hooks/claude-code", unknown);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"decision\":\"block\"") && body.contains("unknown_event"),
+        "{body}"
+    );
+    // A known event without a decision stays silent.
+    let stop = r#"{"session_id":"s1","hook_event_name":"Stop"}"#;
+    assert_eq!(
+        post(&relay.addr, "/v1/hooks/claude-code", stop),
+        (200, String::new())
+    );
     // An oversized body is still answered 200 with a blocking body.
     let huge = format!(
         "{{\"session_id\":\"s1\",\"hook_event_name\":\"PostToolUse\",\"tool_name\":\"Bash\",\"tool_response\":\"{}\"}}",
