@@ -18,7 +18,7 @@ use std::pin::Pin;
 
 pub use self::error::AuditError;
 pub use self::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport};
-pub use self::sqlite::{Durability, SqliteAudit, query, verify};
+pub use self::sqlite::{DEFAULT_WAL_CAP, Durability, SqliteAudit, query, verify};
 pub use self::state::SqliteState;
 
 /// A boxed future returned by [`AuditStore`] methods.

@@ -41,6 +41,10 @@ impl std::str::FromStr for Durability {
 const MAX_BATCH: usize = 1024;
 /// How often the background checkpointer folds the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// The WAL size past which the writer forces a TRUNCATE checkpoint.
+pub const DEFAULT_WAL_CAP: u64 = 64 * 1024 * 1024;
+/// The writer looks at the WAL's size every this many commits.
+const WAL_CHECK_EVERY: u32 = 32;
 
 struct Job {
     record: AuditRecord,
@@ -53,12 +57,22 @@ struct Writer {
     conn: Connection,
     seq: u64,
     hash: String,
+    /// Commits since the WAL's size was last looked at.
+    since_wal_check: u32,
 }
 
 struct Shared {
     queue: Mutex<Vec<Job>>,
     writer: Mutex<Writer>,
     stop: AtomicBool,
+    /// The WAL file and its cap.
+    wal: PathBuf,
+    wal_cap: u64,
+    /// The database file, and its identity (device, inode) when opened:
+    /// a log whose file was deleted or replaced must not go on accepting
+    /// records into an unlinked inode.
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -124,6 +138,19 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 impl SqliteAudit {
     /// Opens (creating if needed) the log at `path` and starts its writer.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, AuditError> {
+        Self::open_with_wal_cap(path, durability, DEFAULT_WAL_CAP)
+    }
+
+    /// [`open`](Self::open) with a WAL size cap: under sustained load the
+    /// background PASSIVE checkpoint cannot reset the WAL while writers
+    /// never pause, so past `wal_cap` bytes the writer itself runs a
+    /// TRUNCATE checkpoint between two group commits (most pages are
+    /// already copied by then, so the pause is short).
+    pub fn open_with_wal_cap(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        wal_cap: u64,
+    ) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -138,6 +165,12 @@ impl SqliteAudit {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Checkpoints run on their own connection (below), not in commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL that has been reset is also truncated back to the cap.
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(wal_cap).unwrap_or(i64::MAX),
+        )?;
         conn.execute_batch(SCHEMA)?;
         let head: Option<(u64, String)> = conn
             .query_row(
@@ -147,10 +180,22 @@ impl SqliteAudit {
             )
             .optional()?;
         let (seq, hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let identity = file_identity(&path);
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
-            writer: Mutex::new(Writer { conn, seq, hash }),
+            writer: Mutex::new(Writer {
+                conn,
+                seq,
+                hash,
+                since_wal_check: 0,
+            }),
             stop: AtomicBool::new(false),
+            wal: PathBuf::from(wal),
+            wal_cap,
+            path: path.clone(),
+            identity,
         });
         spawn_checkpointer(&path, Arc::downgrade(&shared))?;
         Ok(Self { path, shared })
@@ -213,6 +258,15 @@ impl Shared {
                     break;
                 }
                 let w = &mut *writer;
+                if file_identity(&self.path) != self.identity {
+                    tracing::error!(path = %self.path.display(), "the audit file was deleted or replaced; refusing to record");
+                    for job in batch {
+                        let _ = job.reply.send(Err(AuditError::Commit(
+                            "the audit file was deleted or replaced since it was opened".into(),
+                        )));
+                    }
+                    continue;
+                }
                 match commit(&mut w.conn, &batch, w.seq, &w.hash) {
                     Ok((seq, hash, seqs)) => {
                         w.seq = seq;
@@ -229,11 +283,58 @@ impl Shared {
                         }
                     }
                 }
+                self.bound_wal(w);
             }
             drop(writer);
             if lock(&self.queue).is_empty() {
                 return;
             }
+        }
+    }
+}
+
+/// The (device, inode) of a file, or `None` when it does not exist.
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Without inodes, only a missing file can be seen.
+#[cfg(not(unix))]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    path.exists().then_some((0, 0))
+}
+
+impl Shared {
+    /// Every few commits: a WAL past its cap is checkpointed and truncated
+    /// here, between commits, where no other writer can be in the way.
+    fn bound_wal(&self, w: &mut Writer) {
+        w.since_wal_check += 1;
+        if w.since_wal_check < WAL_CHECK_EVERY {
+            return;
+        }
+        w.since_wal_check = 0;
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size <= self.wal_cap {
+            return;
+        }
+        // Readers (verify, query) can hold the WAL: never wait on them with
+        // decisions queued behind this writer; the next check tries again.
+        let _ = w.conn.busy_timeout(Duration::ZERO);
+        let done = w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let _ = w.conn.busy_timeout(Duration::from_secs(5));
+        match done {
+            Ok(0) => tracing::debug!(size, "audit WAL truncated"),
+            Ok(_) => tracing::warn!(
+                size,
+                "audit WAL over its cap; readers kept it from truncating"
+            ),
+            Err(e) => tracing::warn!(size, error = %e, "audit WAL checkpoint failed"),
         }
     }
 }
@@ -533,6 +634,64 @@ mod tests {
         };
         let got: Vec<u64> = query(&path, &q).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(got, vec![3, 9, 15, 21]);
+    }
+
+    /// A reader pinning the WAL lets it grow (nothing can reset it); once
+    /// the reader is gone, the writer brings it back under its cap while
+    /// appends go on, and the chain stays intact.
+    #[tokio::test]
+    async fn the_wal_comes_back_under_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let cap = 256 * 1024;
+        let store =
+            SqliteAudit::open_with_wal_cap(&path, Durability::ProcessCrashSafe, cap).unwrap();
+        let wal = dir.path().join("audit.db-wal");
+        let big = |i: usize| AuditRecord {
+            detail: "x".repeat(2048),
+            ..rec(i)
+        };
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM audit;")
+            .unwrap();
+        for i in 1..=600 {
+            store.append(big(i)).await.unwrap();
+        }
+        let pinned = std::fs::metadata(&wal).unwrap().len();
+        assert!(pinned > 4 * cap, "the WAL grew while pinned: {pinned}");
+        reader.execute_batch("COMMIT;").unwrap();
+        drop(reader);
+        for i in 601..=800 {
+            store.append(big(i)).await.unwrap();
+        }
+        let size = std::fs::metadata(&wal).unwrap().len();
+        // The cap, plus what the commits between two size checks add.
+        assert!(size <= cap + 2 * 1024 * 1024, "WAL {size} bytes, cap {cap}");
+        assert!(size < pinned / 2, "WAL {size} bytes, was {pinned}");
+        assert_eq!(
+            verify(&path).unwrap(),
+            VerifyReport::Intact { records: 800 }
+        );
+    }
+
+    /// `rm audit.db*` under a running server: appends fail (the server
+    /// turns that into DENY `audit_unavailable`) instead of landing in an
+    /// unlinked file; a file put in its place is not written either.
+    #[tokio::test]
+    async fn a_deleted_or_replaced_file_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let store = SqliteAudit::open(&path, Durability::ProcessCrashSafe).unwrap();
+        store.append(rec(1)).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        assert!(store.append(rec(2)).await.is_err());
+        std::fs::write(&path, b"").unwrap();
+        assert!(store.append(rec(3)).await.is_err());
     }
 
     #[tokio::test]
