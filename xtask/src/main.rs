@@ -9,10 +9,12 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci            fmt check, clippy -D warnings, every test, conformance,
-                and `gatehouse test` on every example bundle
+                `gatehouse test` on every example bundle, fuzz smoke
   test          every test (cargo nextest when installed, else cargo test)
   conformance   the conformance corpus on every path
-  bench         latency and throughput on every path -> docs/benchmarks.md";
+  bench         latency and throughput on every path -> docs/benchmarks.md
+  fuzz --smoke  every cargo fuzz target briefly over its committed corpus
+                (installs cargo-fuzz when missing; needs a nightly toolchain)";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
                 "gatehouse-bench",
             ])
         }),
+        "fuzz" => fuzz(std::env::args().any(|a| a == "--smoke")),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -124,7 +127,57 @@ fn ci() -> Result<(), String> {
     ])?;
     test()?;
     conformance()?;
-    bundle_tests()
+    bundle_tests()?;
+    fuzz(true)
+}
+
+/// The cargo fuzz targets in `fuzz/`, in the order they run.
+const FUZZ_TARGETS: [&str; 5] = ["shell_parser", "frames", "adapters", "bundle", "detector"];
+
+/// Runs every fuzz target: briefly with `--smoke` (CI), else for a minute
+/// each. New inputs go to a scratch directory; the committed corpora are
+/// only read.
+fn fuzz(smoke: bool) -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        eprintln!("xtask: warning: no nightly toolchain; fuzz targets skipped");
+        return Ok(());
+    }
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    let seconds = if smoke { "15" } else { "60" };
+    let scratch = std::env::temp_dir().join(format!("gatehouse-fuzz-{}", std::process::id()));
+    for target in FUZZ_TARGETS {
+        let out = scratch.join(target);
+        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let corpus = format!("corpus/{target}");
+        let time = format!("-max_total_time={seconds}");
+        eprintln!("$ cargo +nightly fuzz run {target} ({seconds} s)");
+        let status = Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&out)
+            .arg(&corpus)
+            .args(["--", &time, "-max_len=65536", "-rss_limit_mb=4096"])
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "fuzz target {target} failed ({status}); the crashing input is in fuzz/artifacts/{target}/"
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
 }
 
 /// `gatehouse test` on every example bundle that ships tests.
