@@ -224,3 +224,37 @@ async fn a_manifest_activates_only_the_locked_file_set() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Deleting a file's last forbid looks like a truncation and is refused
+/// without a manifest; `gatehouse bundle lock` says the edit is complete.
+#[tokio::test]
+async fn a_locked_edit_may_remove_a_files_last_forbids() -> anyhow::Result<()> {
+    let dir = quickstart_copy()?;
+    let server = watched(dir.path()).await?;
+    let hash = server.policy.current().hash().to_owned();
+    let file = dir.path().join("guardrails.cedar");
+    let content = std::fs::read_to_string(&file)?;
+    let cut = content
+        .rfind("@id(\"no-force-push\")")
+        .ok_or_else(|| anyhow::anyhow!("no last forbid"))?;
+    std::fs::write(&file, &content[..cut])?;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(server.policy.current().hash(), hash, "refused unlocked");
+    bundle_dir::lock(dir.path())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.policy.current().hash() == hash {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "locked edit not activated"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .policy
+            .current()
+            .policy_file("no-force-push")
+            .is_none()
+    );
+    Ok(())
+}

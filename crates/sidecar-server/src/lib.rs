@@ -147,7 +147,7 @@ impl PolicyHandle {
     /// unmatched or half-written bundle is rejected and the old one stays.
     pub fn reload(&self) -> Result<bool, ServerError> {
         let snapshot = bundle_dir::read_snapshot(&self.dir)?;
-        self.activate(snapshot.files)
+        self.activate(snapshot.files, snapshot.locked)
     }
 
     /// One look at the directory by the watcher (or SIGHUP): activates a
@@ -182,16 +182,24 @@ impl PolicyHandle {
         }
         *pending = None;
         drop(pending);
-        self.activate(snapshot.files)
+        self.activate(snapshot.files, snapshot.locked)
     }
 
-    fn activate(&self, files: Vec<policy_core::BundleFile>) -> Result<bool, ServerError> {
+    /// Swaps in `files` if valid and changed. Without a manifest, a bundle
+    /// that drops forbids through an emptied or truncated file is refused;
+    /// a manifest (`gatehouse bundle lock`) states that the change is
+    /// complete and intended, so it may also remove a file's last forbids.
+    fn activate(
+        &self,
+        files: Vec<policy_core::BundleFile>,
+        locked: bool,
+    ) -> Result<bool, ServerError> {
         let bundle = Bundle::load(files)?;
         let current = self.current();
         if bundle.hash() == current.hash() {
             return Ok(false);
         }
-        if let Some(why) = current.truncation_hazard(&bundle) {
+        if !locked && let Some(why) = current.truncation_hazard(&bundle) {
             return Err(ServerError::HalfWritten(why));
         }
         tracing::info!(
