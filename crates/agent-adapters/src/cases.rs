@@ -2,7 +2,7 @@
 //! (`gatehouse test`): each test line names an event, its format and the
 //! verdict a bundle must give it.
 
-use policy_core::{Bundle, Controls, Decision, Event, EventKind, LimitState, Verdict};
+use policy_core::{Bundle, Controls, Decision, Event, EventKind, LimitState};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -185,17 +185,12 @@ fn run_one(
         },
     );
     let got = verdict_word(&event, &d);
-    let policies = if d.verdict == Verdict::Deny && d.policies.is_empty() {
-        Vec::new()
-    } else {
-        d.policies.clone()
-    };
     TestResult {
         name: case.name,
         expected,
         got: got.to_owned(),
         reason_code: d.reason_code.as_str().to_owned(),
-        policies,
+        policies: d.policies,
         error: None,
     }
 }

@@ -109,16 +109,25 @@ enum BundleCmd {
     },
 }
 
+/// A diagnostic with its file named under the bundle directory (built-in
+/// sources such as `<builtin>/schema.cedarschema` stay as they are).
+pub(crate) fn located(
+    dir: &std::path::Path,
+    d: &policy_core::Diagnostic,
+) -> policy_core::Diagnostic {
+    let mut d = d.clone();
+    if !d.file.starts_with('<') {
+        d.file = dir.join(&d.file).display().to_string();
+    }
+    d
+}
+
 fn bundle_lock(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     // Lock exactly the files that were validated.
     let files = bundle_dir::read_bundle_dir(dir)?;
     if let Err(e) = policy_core::Bundle::load(files.clone()) {
         for d in &e.diagnostics {
-            let mut d = d.clone();
-            if !d.file.starts_with('<') {
-                d.file = dir.join(&d.file).display().to_string();
-            }
-            println!("{d}");
+            println!("{}", located(dir, d));
         }
         eprintln!("not locked: the bundle is invalid");
         return Ok(ExitCode::from(1));
@@ -286,13 +295,7 @@ fn validate(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => (false, e.diagnostics.clone(), e.warnings.clone(), None),
     };
-    let located = |d: &policy_core::Diagnostic| {
-        let mut d = d.clone();
-        if !d.file.starts_with('<') {
-            d.file = dir.join(&d.file).display().to_string();
-        }
-        d
-    };
+    let located = |d: &policy_core::Diagnostic| located(dir, d);
     if json {
         let diag = |d: &policy_core::Diagnostic| {
             let d = located(d);

@@ -18,11 +18,7 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         Ok(b) => b,
         Err(e) => {
             for d in &e.diagnostics {
-                let mut d = d.clone();
-                if !d.file.starts_with('<') {
-                    d.file = args.dir.join(&d.file).display().to_string();
-                }
-                println!("{d}");
+                println!("{}", crate::located(&args.dir, d));
             }
             println!("the bundle is invalid: no test ran");
             return Ok(ExitCode::from(1));

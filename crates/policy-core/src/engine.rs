@@ -105,26 +105,15 @@ impl Bundle {
             Ok(t) => t,
             Err(why) => return Decision::deny(ReasonCode::MalformedEvent, why, &self.hash),
         };
-        let mut result: Option<Decision> = None;
-        for target in &targets {
-            let d = match self.prepare(event, findings, target) {
-                Prepared::Decided(d) => *d,
-                Prepared::Ready {
-                    slice,
-                    req,
-                    entities,
-                } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
-            };
-            let deny = d.verdict == Verdict::Deny;
-            result = Some(match result {
-                Some(prev) if severity(prev.verdict) >= severity(d.verdict) => prev,
-                _ => d,
-            });
-            if deny {
-                break;
-            }
-        }
-        result.unwrap_or_else(|| {
+        let decide = |target: &Target| match self.prepare(event, findings, target) {
+            Prepared::Decided(d) => *d,
+            Prepared::Ready {
+                slice,
+                req,
+                entities,
+            } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
+        };
+        most_severe(&targets, decide, |d| d.verdict).unwrap_or_else(|| {
             Decision::deny(ReasonCode::PolicyError, "nothing to decide", &self.hash)
         })
     }
@@ -174,23 +163,13 @@ impl Bundle {
                 return out;
             }
         };
-        // The target that decides the call: the first with the most severe
-        // verdict, as in `cedar`.
-        let mut best: Option<Explanation> = None;
-        for target in &targets {
-            let e = self.explain_target(event, target);
-            let deny = e.decision.verdict == Verdict::Deny;
-            best = Some(match best {
-                Some(prev) if severity(prev.decision.verdict) >= severity(e.decision.verdict) => {
-                    prev
-                }
-                _ => e,
-            });
-            if deny {
-                break;
-            }
-        }
-        best.unwrap_or_else(|| self.explain_target(event, &Target::default()))
+        // The target that decides the call, as in `cedar`.
+        most_severe(
+            &targets,
+            |t| self.explain_target(event, t),
+            |e| e.decision.verdict,
+        )
+        .unwrap_or_else(|| self.explain_target(event, &Target::default()))
     }
 
     fn explain_target(&self, event: &Event, target: &Target) -> Explanation {
@@ -707,6 +686,30 @@ fn severity(v: Verdict) -> u8 {
         Verdict::Ask => 1,
         Verdict::Deny => 2,
     }
+}
+
+/// Runs `run` on each target in order and keeps the first result with the
+/// most severe verdict, stopping at the first DENY (nothing is stronger).
+fn most_severe<T>(
+    targets: &[Target],
+    mut run: impl FnMut(&Target) -> T,
+    verdict: impl Fn(&T) -> Verdict,
+) -> Option<T> {
+    let mut best: Option<T> = None;
+    for target in targets {
+        let r = run(target);
+        let v = verdict(&r);
+        if best
+            .as_ref()
+            .is_none_or(|b| severity(verdict(b)) < severity(v))
+        {
+            best = Some(r);
+        }
+        if v == Verdict::Deny {
+            break;
+        }
+    }
+    best
 }
 
 /// Builds a record of the declared fields whose JSON value has the declared
