@@ -14,4 +14,11 @@ pub enum AuditError {
     InvalidLocation(String),
     #[error("audit record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The writer's queue is full: the record was not accepted.
+    #[error("audit writer overloaded: {0} records queued")]
+    Overloaded(usize),
+    #[error("audit signing key: {0}")]
+    Key(String),
+    #[error("audit io: {0}")]
+    Io(#[from] std::io::Error),
 }

@@ -1,15 +1,18 @@
-//! The SQLite backend: WAL journal, one writer thread, group commit.
+//! The SQLite backend: WAL journal, one dedicated writer thread fed by a
+//! bounded queue, group commit, sealed segments, signed checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport, chain_hash};
+use crate::anchor::CheckpointSigner;
+use crate::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, chain_hash};
 use crate::{AuditError, AuditStore, BoxFuture};
 
 /// How much a committed record survives.
@@ -39,65 +42,256 @@ impl std::str::FromStr for Durability {
 
 /// Records committed in one transaction at most.
 const MAX_BATCH: usize = 1024;
+/// Records waiting for the writer at most; an append beyond it is refused
+/// at once (the server turns that into DENY `audit_unavailable`).
+pub const DEFAULT_QUEUE: usize = 65_536;
 /// How often the background checkpointer folds the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// The WAL size past which the writer forces a TRUNCATE checkpoint.
 pub const DEFAULT_WAL_CAP: u64 = 64 * 1024 * 1024;
-/// The writer looks at the WAL's size every this many commits.
-const WAL_CHECK_EVERY: u32 = 32;
+/// The writer looks at the WAL's and the segment's size every this many
+/// commits.
+const SIZE_CHECK_EVERY: u32 = 32;
+/// How long the writer waits on a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The writer wakes this often when idle (checkpoint signing, probes).
+const TICK: Duration = Duration::from_millis(200);
+/// The chain head is signed at least this often while it moves.
+const SIGN_EVERY: Duration = Duration::from_secs(1);
+/// An unhealthy log is probed this often while nothing is appended.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the log is kept: durability, bounds, rotation, signing.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub durability: Durability,
+    /// Past this many WAL bytes the writer forces a TRUNCATE checkpoint.
+    pub wal_cap: u64,
+    /// Records waiting for the writer at most.
+    pub queue: usize,
+    /// Seal the active segment once its database file reaches this many
+    /// bytes (`None`: never rotate).
+    pub segment_bytes: Option<u64>,
+    /// Keep at most this many sealed segments; older ones are deleted and
+    /// the deletion is recorded in the chain (`None`: keep all).
+    pub retain_segments: Option<usize>,
+    /// The ed25519 signing key for checkpoints; created when missing.
+    /// `None` signs nothing.
+    pub key: Option<PathBuf>,
+    /// Also write every signed checkpoint to the process log.
+    pub checkpoint_log: bool,
+}
+
+impl AuditOptions {
+    /// The defaults for a log at `path`: process-crash-safe, a 64 MiB WAL
+    /// cap, segments sealed at 256 MiB and all kept, checkpoints signed
+    /// with `<path>.key`.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            durability: Durability::default(),
+            wal_cap: DEFAULT_WAL_CAP,
+            queue: DEFAULT_QUEUE,
+            segment_bytes: Some(256 * 1024 * 1024),
+            retain_segments: None,
+            key: Some(crate::anchor::with_suffix(path, ".key")),
+            checkpoint_log: false,
+        }
+    }
+}
 
 struct Job {
     record: AuditRecord,
     once: bool,
-    reply: oneshot::Sender<Result<u64, AuditError>>,
+    /// `None` for records the writer adds itself.
+    reply: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
-/// The one connection that writes, and the chain's head.
-struct Writer {
-    conn: Connection,
-    seq: u64,
-    hash: String,
-    /// Commits since the WAL's size was last looked at.
-    since_wal_check: u32,
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an append; boxing would allocate per record"
+)]
+enum Msg {
+    Append(Job),
+    /// Commit everything queued before it, sign the head and checkpoint
+    /// the WAL; then reply.
+    Flush(oneshot::Sender<Result<(), AuditError>>),
 }
 
-struct Shared {
-    queue: Mutex<Vec<Job>>,
-    writer: Mutex<Writer>,
-    stop: AtomicBool,
-    /// The WAL file and its cap.
-    wal: PathBuf,
-    wal_cap: u64,
-    /// The database file, and its identity (device, inode) when opened:
-    /// a log whose file was deleted or replaced must not go on accepting
-    /// records into an unlinked inode.
-    path: PathBuf,
-    identity: Option<(u64, u64)>,
+/// Whether the log can commit, as last seen by its writer.
+#[derive(Debug, Default)]
+struct Health {
+    problem: Mutex<Option<String>>,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
+impl Health {
+    fn set(&self, problem: Option<String>) {
+        *lock(&self.problem) = problem;
+    }
+    fn get(&self) -> Option<String> {
+        lock(&self.problem).clone()
     }
 }
 
 /// A SQLite audit log. Cloning is cheap; all clones share one writer.
 ///
-/// Group commit without a writer thread: an append queues its record and,
-/// if no commit is under way, becomes the leader and commits everything
-/// queued in one transaction; appends that arrive meanwhile wait for the
-/// next leader round. A background thread checkpoints the WAL so that
-/// commits never pay for it.
+/// One dedicated writer thread owns the connection: appends go through a
+/// bounded queue and the writer commits whatever is queued in one
+/// transaction (group commit). Nothing blocking runs on the caller's
+/// thread, so a locked or slow disk stalls only the writer; callers bound
+/// their wait with a deadline. A background thread checkpoints the WAL so
+/// that commits never pay for it.
 #[derive(Debug, Clone)]
 pub struct SqliteAudit {
     path: PathBuf,
-    shared: Arc<Shared>,
+    tx: SyncSender<Msg>,
+    health: Arc<Health>,
+    queue: usize,
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append(_) => "Append",
+            Self::Flush(_) => "Flush",
+        })
     }
+}
+
+/// The writer thread's state: the one connection that writes, the chain's
+/// head, and the active segment.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    opts: AuditOptions,
+    seq: u64,
+    hash: String,
+    /// The first sequence number of the active segment.
+    first: u64,
+    /// The database file's (device, inode) when opened: a log whose file
+    /// was deleted or replaced must not accept records into an unlinked
+    /// inode.
+    identity: Option<(u64, u64)>,
+    wal: PathBuf,
+    since_size_check: u32,
+    signer: Option<CheckpointSigner>,
+    last_sign: Instant,
+    last_probe: Instant,
+    health: Arc<Health>,
+    /// Held by the checkpointer while it has the file open, and by the
+    /// writer while it seals, so that no connection survives a rename.
+    gate: Arc<Mutex<()>>,
+    /// Records the writer owes the chain (undelivered decisions,
+    /// retirements), committed with the next batch.
+    owed: Vec<AuditRecord>,
+}
+
+impl SqliteAudit {
+    /// Opens (creating if needed) the log at `path` with the defaults of
+    /// [`AuditOptions::new`] and the given durability.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, AuditError> {
+        let path = path.as_ref();
+        Self::open_with(
+            path,
+            AuditOptions {
+                durability,
+                ..AuditOptions::new(path)
+            },
+        )
+    }
+
+    /// Opens the log at `path` and starts its writer. A log that cannot
+    /// commit now (read-only, locked, full) still opens and reports why in
+    /// [`health`](AuditStore::health); its appends fail.
+    pub fn open_with(path: impl AsRef<Path>, opts: AuditOptions) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_writer(&path, &opts)?;
+        let (seq, hash) = head_of(&conn, &path)?;
+        let first = first_of(&conn)?.unwrap_or(seq + 1);
+        let signer = match &opts.key {
+            Some(key) => {
+                let k = crate::anchor::load_or_create_key(key, &path)?;
+                Some(CheckpointSigner::new(
+                    k,
+                    &path,
+                    opts.durability == Durability::PowerLossSafe,
+                    opts.checkpoint_log,
+                ))
+            }
+            None => None,
+        };
+        let health = Arc::new(Health::default());
+        let gate = Arc::new(Mutex::new(()));
+        let mut writer = Writer {
+            conn,
+            identity: file_identity(&path),
+            wal: crate::anchor::with_suffix(&path, "-wal"),
+            path: path.clone(),
+            seq,
+            hash,
+            first,
+            since_size_check: 0,
+            signer,
+            last_sign: Instant::now(),
+            last_probe: Instant::now(),
+            health: health.clone(),
+            gate: gate.clone(),
+            owed: Vec::new(),
+            opts: opts.clone(),
+        };
+        writer.probe();
+        let (tx, rx) = mpsc::sync_channel(opts.queue.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_checkpointer(&path, gate, stop.clone())?;
+        thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(&rx, &stop))
+            .map_err(AuditError::Io)?;
+        Ok(Self {
+            path,
+            tx,
+            health,
+            queue: opts.queue.max(1),
+        })
+    }
+
+    /// Parses `sqlite:PATH` (or a bare path).
+    pub fn location(spec: &str) -> Result<PathBuf, AuditError> {
+        let path = spec.strip_prefix("sqlite:").unwrap_or(spec);
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() || spec.contains("://") && !spec.starts_with("sqlite:") {
+            return Err(AuditError::InvalidLocation(spec.to_owned()));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(
+        &self,
+        record: AuditRecord,
+        once: bool,
+    ) -> BoxFuture<'static, Result<u64, AuditError>> {
+        let (reply, done) = oneshot::channel();
+        let sent = self.tx.try_send(Msg::Append(Job {
+            record,
+            once,
+            reply: Some(reply),
+        }));
+        let queue = self.queue;
+        Box::pin(async move {
+            match sent {
+                Ok(()) => done.await.map_err(|_| AuditError::WriterStopped)?,
+                Err(TrySendError::Full(_)) => Err(AuditError::Overloaded(queue)),
+                Err(TrySendError::Disconnected(_)) => Err(AuditError::WriterStopped),
+            }
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 const SCHEMA: &str = "
@@ -133,162 +327,400 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_probe (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    time_ms INTEGER NOT NULL
+);
 ";
 
-impl SqliteAudit {
-    /// Opens (creating if needed) the log at `path` and starts its writer.
-    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, AuditError> {
-        Self::open_with_wal_cap(path, durability, DEFAULT_WAL_CAP)
-    }
+fn open_writer(path: &Path, opts: &AuditOptions) -> Result<Connection, AuditError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match opts.durability {
+            Durability::ProcessCrashSafe => "NORMAL",
+            Durability::PowerLossSafe => "FULL",
+        },
+    )?;
+    // Checkpoints run on their own connection, not in commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A WAL that has been reset is also truncated back to the cap.
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(opts.wal_cap).unwrap_or(i64::MAX),
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
 
-    /// [`open`](Self::open) with a WAL size cap: under sustained load the
-    /// background PASSIVE checkpoint cannot reset the WAL while writers
-    /// never pause, so past `wal_cap` bytes the writer itself runs a
-    /// TRUNCATE checkpoint between two group commits (most pages are
-    /// already copied by then, so the pause is short).
-    pub fn open_with_wal_cap(
-        path: impl AsRef<Path>,
-        durability: Durability,
-        wal_cap: u64,
-    ) -> Result<Self, AuditError> {
-        let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match durability {
-                Durability::ProcessCrashSafe => "NORMAL",
-                Durability::PowerLossSafe => "FULL",
-            },
+/// The chain head the log at `path` continues from: its last record, else
+/// its head row (a fresh segment), else the last record of the newest
+/// sealed segment (a crash between sealing and opening the next one), else
+/// the genesis.
+fn head_of(conn: &Connection, path: &Path) -> Result<(u64, String), AuditError> {
+    let last: Option<(u64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some(h) = last {
+        return Ok(h);
+    }
+    let head: Option<(u64, String)> = conn
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some(h) = head {
+        return Ok(h);
+    }
+    if let Some(seg) = crate::segments::sealed_segments(path)?.last() {
+        let c = open_read(&seg.path)?;
+        let h: (u64, String) = c.query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Checkpoints run on their own connection (below), not in commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        // A WAL that has been reset is also truncated back to the cap.
-        conn.pragma_update(
-            None,
-            "journal_size_limit",
-            i64::try_from(wal_cap).unwrap_or(i64::MAX),
-        )?;
-        conn.execute_batch(SCHEMA)?;
-        let head: Option<(u64, String)> = conn
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (seq, hash) = head.unwrap_or((0, GENESIS_HASH.to_owned()));
-        let identity = file_identity(&path);
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Vec::new()),
-            writer: Mutex::new(Writer {
-                conn,
-                seq,
-                hash,
-                since_wal_check: 0,
-            }),
-            stop: AtomicBool::new(false),
-            wal: PathBuf::from(wal),
-            wal_cap,
-            path: path.clone(),
-            identity,
-        });
-        spawn_checkpointer(&path, Arc::downgrade(&shared))?;
-        Ok(Self { path, shared })
+        return Ok(h);
     }
-
-    /// Parses `sqlite:PATH` (or a bare path).
-    pub fn location(spec: &str) -> Result<PathBuf, AuditError> {
-        let path = spec.strip_prefix("sqlite:").unwrap_or(spec);
-        let path = path.strip_prefix("//").unwrap_or(path);
-        if path.is_empty() || spec.contains("://") && !spec.starts_with("sqlite:") {
-            return Err(AuditError::InvalidLocation(spec.to_owned()));
-        }
-        Ok(PathBuf::from(path))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+    Ok((0, GENESIS_HASH.to_owned()))
 }
 
-impl SqliteAudit {
-    fn submit(
-        &self,
-        record: AuditRecord,
-        once: bool,
-    ) -> BoxFuture<'static, Result<u64, AuditError>> {
-        let (reply, done) = oneshot::channel();
-        lock(&self.shared.queue).push(Job {
-            record,
-            once,
-            reply,
-        });
-        self.shared.lead();
-        Box::pin(async move { done.await.map_err(|_| AuditError::WriterStopped)? })
-    }
+fn first_of(conn: &Connection) -> Result<Option<u64>, AuditError> {
+    Ok(conn
+        .query_row("SELECT min(seq) FROM audit", [], |r| r.get(0))
+        .optional()?
+        .flatten())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-impl Shared {
-    /// Commits queued records while no other caller is committing. Every
-    /// queued record is committed by some leader: a leader re-checks the
-    /// queue after releasing the writer, so none is left behind.
-    fn lead(&self) {
+impl Writer {
+    fn run(mut self, rx: &Receiver<Msg>, stop: &AtomicBool) {
         loop {
-            let mut writer = match self.writer.try_lock() {
-                Ok(w) => w,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
+            match rx.recv_timeout(TICK) {
+                Ok(Msg::Append(job)) => {
+                    let mut batch = vec![job];
+                    let mut flush = None;
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Msg::Append(j)) => batch.push(j),
+                            Ok(Msg::Flush(reply)) => {
+                                flush = Some(reply);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_batch(batch);
+                    if let Some(reply) = flush {
+                        let _ = reply.send(self.flush());
+                    }
+                }
+                Ok(Msg::Flush(reply)) => {
+                    let _ = reply.send(self.flush());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.maintain();
+        }
+        let _ = self.flush();
+        stop.store(true, Ordering::Release);
+    }
+
+    /// Commits one batch and answers each job; jobs whose caller stopped
+    /// waiting (a deadline passed) before the commit are dropped unrecorded,
+    /// and a decision whose caller left during the commit is marked
+    /// undelivered in the chain.
+    fn commit_batch(&mut self, batch: Vec<Job>) {
+        let mut jobs: Vec<Job> = batch
+            .into_iter()
+            .filter(|j| j.reply.as_ref().is_none_or(|r| !r.is_closed()))
+            .collect();
+        for record in self.owed.drain(..) {
+            jobs.push(Job {
+                record,
+                once: false,
+                reply: None,
+            });
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        if file_identity(&self.path) != self.identity {
+            let why = "the audit file was deleted or replaced since it was opened".to_owned();
+            tracing::error!(path = %self.path.display(), "{why}; refusing to record");
+            self.fail(jobs, &why);
+            return;
+        }
+        let records: Vec<(&AuditRecord, bool)> = jobs.iter().map(|j| (&j.record, j.once)).collect();
+        match commit(&mut self.conn, &records, self.seq, &self.hash) {
+            Ok((seq, hash, seqs)) => {
+                self.seq = seq;
+                self.hash = hash;
+                self.health.set(None);
+                for (job, s) in jobs.into_iter().zip(seqs) {
+                    if let Some(reply) = job.reply
+                        && reply.send(Ok(s)).is_err()
+                        && job.record.record_kind == "decision"
+                    {
+                        self.owed.push(AuditRecord {
+                            time_ms: now_ms(),
+                            record_kind: "undelivered".into(),
+                            event_id: job.record.event_id.clone(),
+                            agent_id: job.record.agent_id.clone(),
+                            session_id: job.record.session_id.clone(),
+                            detail: serde_json::json!({"seq": s, "why": "the caller's deadline passed during the commit; the decision was not sent"}).to_string(),
+                            ..AuditRecord::default()
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, records = jobs.len(), "audit group commit failed");
+                self.fail(jobs, &why);
+            }
+        }
+        self.since_size_check += 1;
+        if self.since_size_check >= SIZE_CHECK_EVERY {
+            self.since_size_check = 0;
+            self.bound_wal();
+            self.maybe_seal();
+        }
+    }
+
+    fn fail(&mut self, jobs: Vec<Job>, why: &str) {
+        self.health.set(Some(why.to_owned()));
+        self.last_probe = Instant::now();
+        for job in jobs {
+            if let Some(reply) = job.reply {
+                let _ = reply.send(Err(AuditError::Commit(why.to_owned())));
+            }
+        }
+    }
+
+    /// Idle work: owed records, signing the head, probing a failing log.
+    fn maintain(&mut self) {
+        if !self.owed.is_empty() {
+            self.commit_batch(Vec::new());
+        }
+        if self.last_sign.elapsed() >= SIGN_EVERY {
+            self.sign();
+        }
+        if self.health.get().is_some() && self.last_probe.elapsed() >= PROBE_EVERY {
+            self.probe();
+        }
+    }
+
+    fn sign(&mut self) {
+        self.last_sign = Instant::now();
+        if let Some(s) = &mut self.signer
+            && let Err(e) = s.sign(self.seq, &self.hash, now_ms())
+        {
+            tracing::error!(error = %e, "cannot write a signed audit checkpoint");
+        }
+    }
+
+    /// Whether the log can commit now: its file is the one opened, and a
+    /// write to the probe table commits.
+    fn probe(&mut self) {
+        self.last_probe = Instant::now();
+        let result = if file_identity(&self.path) == self.identity {
+            self.conn
+                .execute(
+                    "INSERT INTO audit_probe (id, time_ms) VALUES (1, ?1) \
+                     ON CONFLICT(id) DO UPDATE SET time_ms = excluded.time_ms",
+                    params![now_ms()],
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the audit file was deleted or replaced since it was opened".to_owned())
+        };
+        match result {
+            Ok(()) => {
+                if self.health.get().is_some() {
+                    tracing::info!("the audit log commits again");
+                }
+                self.health.set(None);
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "the audit log cannot commit");
+                self.health.set(Some(why));
+            }
+        }
+    }
+
+    /// Commits what is queued, signs the head, checkpoints the WAL.
+    fn flush(&mut self) -> Result<(), AuditError> {
+        if !self.owed.is_empty() {
+            self.commit_batch(Vec::new());
+        }
+        self.sign();
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let r = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        r.map_err(AuditError::from)
+    }
+
+    /// A WAL past its cap is checkpointed and truncated here, between
+    /// commits, where no other writer can be in the way.
+    fn bound_wal(&mut self) {
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size <= self.opts.wal_cap {
+            return;
+        }
+        // Readers (verify, query) can hold the WAL: never wait on them with
+        // decisions queued behind this writer; the next check tries again.
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        match done {
+            Ok(0) => tracing::debug!(size, "audit WAL truncated"),
+            Ok(_) => tracing::warn!(
+                size,
+                "audit WAL over its cap; readers kept it from truncating"
+            ),
+            Err(e) => tracing::warn!(size, error = %e, "audit WAL checkpoint failed"),
+        }
+    }
+
+    /// Seals the active segment once its file reaches the segment size.
+    fn maybe_seal(&mut self) {
+        let Some(limit) = self.opts.segment_bytes else {
+            return;
+        };
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len())
+            + std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size < limit || self.seq < self.first {
+            return;
+        }
+        if let Err(e) = self.seal() {
+            tracing::error!(error = %e, "sealing the audit segment failed; it stays active");
+        }
+    }
+
+    /// Ends the active segment with a seal record carrying the chain head,
+    /// signs it, renames the file to its sealed name and opens a fresh
+    /// active segment that continues the chain; then applies retention.
+    fn seal(&mut self) -> Result<(), AuditError> {
+        let seal = AuditRecord {
+            time_ms: now_ms(),
+            record_kind: "segment_seal".into(),
+            event_kind: "segment_seal".into(),
+            detail: serde_json::json!({
+                "first_seq": self.first,
+                "head_seq": self.seq,
+                "head_hash": self.hash,
+            })
+            .to_string(),
+            ..AuditRecord::default()
+        };
+        let gate = self.gate.clone();
+        let _gate = lock(&gate);
+        // Everything must be in the main file before it is renamed: a
+        // reader holding the WAL postpones the seal.
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        if busy != 0 {
+            tracing::warn!("a reader holds the audit WAL; sealing later");
+            return Ok(());
+        }
+        let (seq, hash, _) = commit(&mut self.conn, &[(&seal, false)], self.seq, &self.hash)?;
+        self.seq = seq;
+        self.hash = hash;
+        self.sign();
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        if let Err((_, e)) = old.close() {
+            return Err(e.into());
+        }
+        let sealed = crate::segments::sealed_path(&self.path, self.first, self.seq);
+        std::fs::rename(&self.path, &sealed)?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(crate::anchor::with_suffix(&self.path, suffix));
+        }
+        self.conn = open_writer(&self.path, &self.opts)?;
+        self.conn.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)",
+            params![self.seq, self.hash],
+        )?;
+        self.identity = file_identity(&self.path);
+        self.first = self.seq + 1;
+        tracing::info!(segment = %sealed.display(), "audit segment sealed");
+        self.retire();
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments beyond the retention count and
+    /// records each deletion in the chain, so that `verify` can tell
+    /// retention from removal.
+    fn retire(&mut self) {
+        let Some(keep) = self.opts.retain_segments else {
+            return;
+        };
+        let Ok(sealed) = crate::segments::sealed_segments(&self.path) else {
+            return;
+        };
+        let excess = sealed.len().saturating_sub(keep);
+        for seg in sealed.into_iter().take(excess) {
+            let head = open_read(&seg.path).and_then(|c| {
+                c.query_row(
+                    "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(AuditError::from)
+            });
+            let Ok(head) = head else {
+                tracing::error!(segment = %seg.path.display(), "cannot read a segment due for retirement; keeping it");
+                continue;
             };
-            loop {
-                let batch: Vec<Job> = {
-                    let mut q = lock(&self.queue);
-                    let n = q.len().min(MAX_BATCH);
-                    q.drain(..n).collect()
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                let w = &mut *writer;
-                if file_identity(&self.path) != self.identity {
-                    tracing::error!(path = %self.path.display(), "the audit file was deleted or replaced; refusing to record");
-                    for job in batch {
-                        let _ = job.reply.send(Err(AuditError::Commit(
-                            "the audit file was deleted or replaced since it was opened".into(),
-                        )));
-                    }
-                    continue;
-                }
-                match commit(&mut w.conn, &batch, w.seq, &w.hash) {
-                    Ok((seq, hash, seqs)) => {
-                        w.seq = seq;
-                        w.hash = hash;
-                        for (job, s) in batch.into_iter().zip(seqs) {
-                            let _ = job.reply.send(Ok(s));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, records = batch.len(), "audit group commit failed");
-                        let msg = e.to_string();
-                        for job in batch {
-                            let _ = job.reply.send(Err(AuditError::Commit(msg.clone())));
-                        }
-                    }
-                }
-                self.bound_wal(w);
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                tracing::error!(segment = %seg.path.display(), error = %e, "cannot retire an audit segment");
+                continue;
             }
-            drop(writer);
-            if lock(&self.queue).is_empty() {
-                return;
-            }
+            tracing::info!(segment = %seg.path.display(), "audit segment retired");
+            self.owed.push(AuditRecord {
+                time_ms: now_ms(),
+                record_kind: "segment_retired".into(),
+                event_kind: "segment_retired".into(),
+                resource: seg
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                detail: serde_json::json!({
+                    "first_seq": seg.first,
+                    "last_seq": seg.last,
+                    "head_hash": head,
+                })
+                .to_string(),
+                ..AuditRecord::default()
+            });
         }
     }
 }
@@ -306,61 +738,34 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
     path.exists().then_some((0, 0))
 }
 
-impl Shared {
-    /// Every few commits: a WAL past its cap is checkpointed and truncated
-    /// here, between commits, where no other writer can be in the way.
-    fn bound_wal(&self, w: &mut Writer) {
-        w.since_wal_check += 1;
-        if w.since_wal_check < WAL_CHECK_EVERY {
-            return;
-        }
-        w.since_wal_check = 0;
-        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        if size <= self.wal_cap {
-            return;
-        }
-        // Readers (verify, query) can hold the WAL: never wait on them with
-        // decisions queued behind this writer; the next check tries again.
-        let _ = w.conn.busy_timeout(Duration::ZERO);
-        let done = w
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            });
-        let _ = w.conn.busy_timeout(Duration::from_secs(5));
-        match done {
-            Ok(0) => tracing::debug!(size, "audit WAL truncated"),
-            Ok(_) => tracing::warn!(
-                size,
-                "audit WAL over its cap; readers kept it from truncating"
-            ),
-            Err(e) => tracing::warn!(size, error = %e, "audit WAL checkpoint failed"),
-        }
-    }
-}
-
 /// Folds the WAL into the database file every so often, on a connection
-/// of its own, so that commits never stall on a checkpoint.
-fn spawn_checkpointer(path: &Path, shared: std::sync::Weak<Shared>) -> Result<(), AuditError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_millis(100))?;
+/// of its own (opened for each pass, never creating the file, and never
+/// while the writer seals), so that commits never stall on a checkpoint.
+fn spawn_checkpointer(
+    path: &Path,
+    gate: Arc<Mutex<()>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), AuditError> {
+    let path = path.to_path_buf();
     thread::Builder::new()
         .name("audit-checkpoint".into())
         .spawn(move || {
-            loop {
+            while !stop.load(Ordering::Acquire) {
                 thread::sleep(CHECKPOINT_EVERY);
-                match shared.upgrade() {
-                    Some(s) if !s.stop.load(Ordering::Acquire) => {}
-                    _ => break,
-                }
+                let _gate = lock(&gate);
+                let Ok(conn) = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                ) else {
+                    continue;
+                };
+                let _ = conn.busy_timeout(Duration::from_millis(100));
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::debug!(error = %e, "audit checkpoint skipped");
                 }
             }
-            // A final full checkpoint once the log is closed.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         })
-        .map_err(|_| AuditError::WriterStopped)?;
+        .map_err(AuditError::Io)?;
     Ok(())
 }
 
@@ -372,11 +777,34 @@ impl AuditStore for SqliteAudit {
     fn append_once(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
         self.submit(record, true)
     }
+
+    fn health(&self) -> Result<(), String> {
+        match self.health.get() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<(), AuditError>> {
+        let (reply, done) = oneshot::channel();
+        // A flush waits for room: it must come after what is queued.
+        // Sent from a thread of its own, never blocking the caller's.
+        let tx = self.tx.clone();
+        let sender = thread::Builder::new()
+            .name("audit-flush".into())
+            .spawn(move || tx.send(Msg::Flush(reply)).is_ok());
+        Box::pin(async move {
+            if sender.is_err() {
+                return Err(AuditError::WriterStopped);
+            }
+            done.await.map_err(|_| AuditError::WriterStopped)?
+        })
+    }
 }
 
 fn commit(
     conn: &mut Connection,
-    batch: &[Job],
+    batch: &[(&AuditRecord, bool)],
     mut seq: u64,
     prev: &str,
 ) -> Result<(u64, String, Vec<u64>), rusqlite::Error> {
@@ -393,9 +821,8 @@ fn commit(
              decided_by, bundle_hash, detail, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
-        for job in batch {
-            let r = &job.record;
-            if job.once && !r.event_id.is_empty() {
+        for &(r, once) in batch {
+            if once && !r.event_id.is_empty() {
                 let found: Option<u64> = existing
                     .query_row(params![r.event_id, r.record_kind], |row| row.get(0))
                     .optional()?;
@@ -440,7 +867,7 @@ fn commit(
     Ok((seq, prev, seqs))
 }
 
-fn open_read(path: &Path) -> Result<Connection, AuditError> {
+pub(crate) fn open_read(path: &Path) -> Result<Connection, AuditError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -449,7 +876,7 @@ fn open_read(path: &Path) -> Result<Connection, AuditError> {
     Ok(conn)
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+pub(crate) fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     let policies: String = r.get("policies")?;
     Ok(StoredRecord {
         seq: r.get("seq")?,
@@ -477,75 +904,29 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     })
 }
 
-/// Checks the whole chain of the log at `path` and names the first record
-/// that was modified, deleted or reordered.
-pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let conn = open_read(path)?;
-    let mut stmt = conn.prepare("SELECT * FROM audit ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
-    let mut expected: u64 = 1;
-    let mut prev = GENESIS_HASH.to_owned();
-    while let Some(row) = rows.next()? {
-        let rec = row_to_record(row)?;
-        if rec.seq != expected {
-            return Ok(VerifyReport::Broken {
-                seq: expected,
-                problem: format!(
-                    "record {expected} is missing (deleted); the next record present is {}",
-                    rec.seq
-                ),
-            });
+/// Reads records matching `q`, oldest first, across the sealed segments
+/// and the active one.
+pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = crate::segments::sealed_segments(path)?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    files.push(path.to_path_buf());
+    for file in files {
+        let left = q.limit.map(|l| l.saturating_sub(out.len() as u64));
+        if left == Some(0) {
+            break;
         }
-        if rec.prev_hash != prev {
-            return Ok(VerifyReport::Broken {
-                seq: rec.seq,
-                problem: format!(
-                    "record {} does not chain to record {} (reordered, replaced or inserted)",
-                    rec.seq,
-                    rec.seq - 1
-                ),
-            });
+        if !file.exists() {
+            continue;
         }
-        if chain_hash(rec.seq, &rec.prev_hash, &rec.record) != rec.hash {
-            return Ok(VerifyReport::Broken {
-                seq: rec.seq,
-                problem: format!(
-                    "record {} was modified: its content does not match its hash",
-                    rec.seq
-                ),
-            });
-        }
-        prev = rec.hash;
-        expected += 1;
+        out.extend(query_file(&file, q, left)?);
     }
-    let count = expected - 1;
-    let head: Option<(u64, String)> = conn
-        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    if let Some((head_seq, head_hash)) = head {
-        if head_seq > count {
-            return Ok(VerifyReport::Broken {
-                seq: count + 1,
-                problem: format!(
-                    "records {} to {head_seq} are missing (deleted from the end)",
-                    count + 1
-                ),
-            });
-        }
-        if head_seq == count && head_hash != prev {
-            return Ok(VerifyReport::Broken {
-                seq: count,
-                problem: format!("record {count} does not match the recorded chain head"),
-            });
-        }
-    }
-    Ok(VerifyReport::Intact { records: count })
+    Ok(out)
 }
 
-/// Reads records matching `q`, oldest first.
-pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
+fn query_file(path: &Path, q: &Query, limit: Option<u64>) -> Result<Vec<StoredRecord>, AuditError> {
     let conn = open_read(path)?;
     let mut sql = String::from("SELECT * FROM audit WHERE 1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -564,7 +945,7 @@ pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
         args.push(since.into());
     }
     sql.push_str(" ORDER BY seq");
-    if let Some(limit) = q.limit {
+    if let Some(limit) = limit {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
     let mut stmt = conn.prepare(&sql)?;
@@ -572,21 +953,10 @@ pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-impl SqliteAudit {
-    /// See [`verify`].
-    pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-        verify(path)
-    }
-
-    /// See [`query`].
-    pub fn query(path: &Path, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
-        query(path, q)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{VerifyReport, verify};
 
     fn rec(i: usize) -> AuditRecord {
         AuditRecord {
@@ -610,6 +980,7 @@ mod tests {
             seqs.push(f.await.unwrap());
         }
         assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+        store.flush().await.unwrap();
         (dir, path)
     }
 
@@ -644,8 +1015,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.db");
         let cap = 256 * 1024;
-        let store =
-            SqliteAudit::open_with_wal_cap(&path, Durability::ProcessCrashSafe, cap).unwrap();
+        let store = SqliteAudit::open_with(
+            &path,
+            AuditOptions {
+                wal_cap: cap,
+                ..AuditOptions::new(&path)
+            },
+        )
+        .unwrap();
         let wal = dir.path().join("audit.db-wal");
         let big = |i: usize| AuditRecord {
             detail: "x".repeat(2048),
@@ -692,6 +1069,201 @@ mod tests {
         assert!(store.append(rec(2)).await.is_err());
         std::fs::write(&path, b"").unwrap();
         assert!(store.append(rec(3)).await.is_err());
+    }
+
+    fn opts(path: &Path) -> AuditOptions {
+        AuditOptions::new(path)
+    }
+
+    /// Small segments with retention: the chain runs across sealed files,
+    /// retired ones are accounted for by the chain itself, queries cross
+    /// segments, and a reopen continues the chain.
+    #[tokio::test]
+    async fn segments_seal_retire_and_verify_across() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let o = AuditOptions {
+            segment_bytes: Some(64 * 1024),
+            retain_segments: Some(2),
+            ..opts(&path)
+        };
+        let big = |i: usize| AuditRecord {
+            detail: "y".repeat(1024),
+            ..rec(i)
+        };
+        {
+            let store = SqliteAudit::open_with(&path, o.clone()).unwrap();
+            for i in 1..=600 {
+                store.append(big(i)).await.unwrap();
+            }
+            store.flush().await.unwrap();
+        }
+        let sealed = crate::segments::sealed_segments(&path).unwrap();
+        assert_eq!(sealed.len(), 2, "{sealed:?}");
+        let v = crate::verify_log(&path, &crate::VerifyOptions::default()).unwrap();
+        assert!(matches!(v.report, VerifyReport::Intact { .. }), "{v:?}");
+        assert!(v.retired > 0, "{v:?}");
+        assert!(v.anchored.is_some(), "{v:?}");
+        let all = query(&path, &Query::default()).unwrap();
+        assert_eq!(all.first().map(|r| r.seq), Some(v.retired + 1));
+        let kinds: Vec<&str> = all.iter().map(|r| r.record.record_kind.as_str()).collect();
+        assert!(kinds.contains(&"segment_seal") && kinds.contains(&"segment_retired"));
+        // Reopen: the chain continues from the active segment's head.
+        let last = all.last().unwrap().seq;
+        let store = SqliteAudit::open_with(&path, o).unwrap();
+        assert_eq!(store.append(rec(9_999)).await.unwrap(), last + 1);
+        store.flush().await.unwrap();
+        assert!(matches!(
+            verify(&path).unwrap(),
+            VerifyReport::Intact { .. }
+        ));
+        // Deleting a sealed segment by hand is not retention.
+        std::fs::remove_file(&sealed[0].path).unwrap();
+        assert!(matches!(
+            verify(&path).unwrap(),
+            VerifyReport::Broken { .. }
+        ));
+    }
+
+    /// The reported gap: deleting the tail rows with the head row passed
+    /// `verify`. A signed checkpoint still names them; a forger who
+    /// rewrites and rehashes the chain cannot sign a matching checkpoint.
+    #[tokio::test]
+    async fn signed_checkpoints_catch_tail_deletion_and_rehashing() {
+        let (_d, path) = filled(10).await;
+        let cps = crate::read_checkpoints(&crate::checkpoints_path(&path)).unwrap();
+        assert_eq!(cps.last().map(|c| c.seq), Some(10));
+        assert_eq!(verify(&path).unwrap(), VerifyReport::Intact { records: 10 });
+
+        let copy = |to: &str| {
+            let dir = path.parent().unwrap().join(to);
+            std::fs::create_dir(&dir).unwrap();
+            for f in ["audit.db", "audit.db.pub", "audit.db.checkpoints"] {
+                std::fs::copy(path.parent().unwrap().join(f), dir.join(f)).unwrap();
+            }
+            dir.join("audit.db")
+        };
+        let truncated = copy("t");
+        tamper(
+            &truncated,
+            "DELETE FROM audit WHERE seq > 7; UPDATE audit_head SET seq = 7, \
+             hash = (SELECT hash FROM audit WHERE seq = 7);",
+        );
+        match verify(&truncated).unwrap() {
+            VerifyReport::Broken { seq, problem } => {
+                assert_eq!(seq, 8);
+                assert!(problem.contains("signed checkpoint"), "{problem}");
+            }
+            other => panic!("tail deletion passed: {other:?}"),
+        }
+
+        // Rewrite record 4's verdict and recompute every hash after it.
+        let forged = copy("f");
+        let conn = Connection::open(&forged).unwrap();
+        conn.execute_batch("DROP TRIGGER audit_no_update;").unwrap();
+        let mut rows = query(&forged, &Query::default()).unwrap();
+        rows[3].record.verdict = "forged".into();
+        let mut prev = rows[2].hash.clone();
+        for r in rows.iter_mut().skip(3) {
+            r.prev_hash = prev.clone();
+            r.hash = chain_hash(r.seq, &r.prev_hash, &r.record);
+            conn.execute(
+                "UPDATE audit SET verdict = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                params![r.record.verdict, r.prev_hash, r.hash, r.seq],
+            )
+            .unwrap();
+            prev = r.hash.clone();
+        }
+        conn.execute("UPDATE audit_head SET hash = ?1", params![prev])
+            .unwrap();
+        drop(conn);
+        match verify(&forged).unwrap() {
+            VerifyReport::Broken { seq, problem } => {
+                assert_eq!(seq, 10);
+                assert!(problem.contains("signed checkpoint"), "{problem}");
+            }
+            other => panic!("a rehashed forgery passed: {other:?}"),
+        }
+        // A checkpoint signed with another key does not count.
+        let other = crate::verify_log(
+            &path,
+            &crate::VerifyOptions {
+                pubkey: Some(hex::encode([9u8; 32])),
+            },
+        );
+        assert!(
+            !matches!(
+                other,
+                Ok(crate::Verified {
+                    report: VerifyReport::Intact { .. },
+                    ..
+                })
+            ),
+            "{other:?}"
+        );
+    }
+
+    /// Another process holding the write lock stalls only the writer
+    /// thread: callers get their error within their own deadline, health
+    /// says why, and once the lock is gone the log commits again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_database_fails_appends_within_a_deadline_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let store = SqliteAudit::open_with(&path, opts(&path)).unwrap();
+        store.append(rec(1)).await.unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_millis(300), store.append(rec(2))).await;
+        assert!(r.is_err(), "the append did not wait on the lock: {r:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // The writer gives up on the lock and says so.
+        let mut unhealthy = false;
+        for _ in 0..60 {
+            if store.health().is_err() {
+                unhealthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(unhealthy, "health never reported the lock");
+        holder.execute_batch("COMMIT;").unwrap();
+        drop(holder);
+        let seq = store.append(rec(3)).await.unwrap();
+        assert!(store.health().is_ok());
+        // Record 2's caller gave up before any commit: it is not recorded.
+        assert_eq!(seq, 2);
+        store.flush().await.unwrap();
+        assert_eq!(verify(&path).unwrap(), VerifyReport::Intact { records: 2 });
+    }
+
+    /// A full queue refuses at once instead of buffering without bound.
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let store = SqliteAudit::open_with(
+            &path,
+            AuditOptions {
+                queue: 4,
+                ..opts(&path)
+            },
+        )
+        .unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        let futs: Vec<_> = (0..64).map(|i| store.append(rec(i))).collect();
+        let mut overloaded = 0;
+        for f in futs {
+            if let Ok(Err(AuditError::Overloaded(4))) =
+                tokio::time::timeout(Duration::from_millis(5), f).await
+            {
+                overloaded += 1;
+            }
+        }
+        assert!(overloaded >= 50, "{overloaded} refused");
+        holder.execute_batch("COMMIT;").unwrap();
     }
 
     #[tokio::test]

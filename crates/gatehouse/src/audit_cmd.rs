@@ -12,9 +12,15 @@ pub(crate) enum AuditCmd {
     /// Check the hash chain; exit 0 when intact, 1 naming the first broken
     /// record otherwise.
     Verify {
-        /// Audit log location [default: sqlite:gatehouse-audit.db].
+        /// Audit log location [default: sqlite:gatehouse-audit.db]. Its
+        /// sealed segments (`<log>.seg-*`) are verified with it.
         #[arg(long, default_value = DEFAULT_AUDIT)]
         audit: String,
+        /// The public key the checkpoints must be signed with (hex, or a
+        /// file holding it) [default: `<log>.pub` when present]. Pin it
+        /// for a check the log's host cannot subvert.
+        #[arg(long)]
+        pubkey: Option<String>,
     },
     /// List audit records, oldest first.
     Query {
@@ -42,12 +48,35 @@ pub(crate) enum AuditCmd {
 
 pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCmd::Verify { audit } => {
+        AuditCmd::Verify { audit, pubkey } => {
             let path = SqliteAudit::location(&audit)?;
-            anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
-            match SqliteAudit::verify(&path)? {
+            anyhow::ensure!(
+                path.exists() || !audit_store::sealed_segments(&path)?.is_empty(),
+                "no audit log at {}",
+                path.display()
+            );
+            let v = audit_store::verify_log(&path, &audit_store::VerifyOptions { pubkey })?;
+            for note in &v.notes {
+                eprintln!("note: {note}");
+            }
+            match v.report {
                 VerifyReport::Intact { records } => {
-                    println!("ok: {records} records, chain intact");
+                    let mut extra = Vec::new();
+                    if v.segments > 0 {
+                        extra.push(format!("{} sealed segments", v.segments));
+                    }
+                    if v.retired > 0 {
+                        extra.push(format!("{} earlier records retired", v.retired));
+                    }
+                    if let Some(a) = v.anchored {
+                        extra.push(format!("signed through record {a}"));
+                    }
+                    let extra = if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", extra.join(", "))
+                    };
+                    println!("ok: {records} records, chain intact{extra}");
                     Ok(ExitCode::SUCCESS)
                 }
                 VerifyReport::Broken { seq, problem } => {
@@ -67,7 +96,11 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let path = SqliteAudit::location(&audit)?;
-            anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
+            anyhow::ensure!(
+                path.exists() || !audit_store::sealed_segments(&path)?.is_empty(),
+                "no audit log at {}",
+                path.display()
+            );
             let since_ms = since
                 .map(|s| timefmt::parse_since(&s, timefmt::now_ms()))
                 .transpose()
@@ -80,7 +113,7 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 since_ms,
                 limit,
             };
-            for r in SqliteAudit::query(&path, &q)? {
+            for r in audit_store::query(&path, &q)? {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

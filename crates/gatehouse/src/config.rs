@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use audit_store::Durability;
+use audit_store::{AuditOptions, Durability};
 use serde::Deserialize;
 use sidecar_server::ServerConfig;
 
@@ -51,6 +51,27 @@ pub(crate) struct ServeArgs {
     /// explain) [default: $GATEHOUSE_ADMIN_TOKEN].
     #[arg(long)]
     admin_token: Option<String>,
+    /// The ed25519 key that signs audit checkpoints (created, mode 0600,
+    /// when missing); `none` signs nothing. Keep it where the audit's
+    /// writers cannot reach it [default: `<audit>.key`].
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
+    /// Also write each signed checkpoint to the log, for shipping off the
+    /// host.
+    #[arg(long)]
+    audit_checkpoint_log: bool,
+    /// Seal the active audit segment at this size in MiB; 0 never rotates
+    /// [default: 256].
+    #[arg(long)]
+    audit_segment_mb: Option<u64>,
+    /// Keep this many sealed segments, deleting older ones (each deletion
+    /// is recorded in the chain); 0 keeps all [default: 0].
+    #[arg(long)]
+    audit_retain: Option<usize>,
+    /// A decision whose audit record has not committed within this many ms
+    /// is a DENY `audit_unavailable` [default: 1000].
+    #[arg(long)]
+    audit_deadline_ms: Option<u64>,
     /// A TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -69,13 +90,18 @@ struct FileConfig {
     settle_ms: Option<u64>,
     state: Option<PathBuf>,
     admin_token: Option<String>,
+    audit_key: Option<PathBuf>,
+    audit_checkpoint_log: Option<bool>,
+    audit_segment_mb: Option<u64>,
+    audit_retain: Option<usize>,
+    audit_deadline_ms: Option<u64>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) audit: String,
-    pub(crate) durability: Durability,
+    pub(crate) audit_options: AuditOptions,
     pub(crate) server: ServerConfig,
 }
 
@@ -137,10 +163,26 @@ impl ServeArgs {
         if let Some(ms) = self.settle_ms.or(file.settle_ms) {
             server.settle = Duration::from_millis(ms);
         }
+        if let Some(ms) = self.audit_deadline_ms.or(file.audit_deadline_ms) {
+            server.audit_deadline = Duration::from_millis(ms.max(1));
+        }
+        let mut audit_options = AuditOptions::new(&audit_path);
+        audit_options.durability = durability;
+        if let Some(key) = self.audit_key.or(file.audit_key) {
+            audit_options.key = (key.as_os_str() != "none").then_some(key);
+        }
+        audit_options.checkpoint_log =
+            self.audit_checkpoint_log || file.audit_checkpoint_log.unwrap_or(false);
+        if let Some(mb) = self.audit_segment_mb.or(file.audit_segment_mb) {
+            audit_options.segment_bytes = (mb > 0).then(|| mb.saturating_mul(1024 * 1024));
+        }
+        if let Some(n) = self.audit_retain.or(file.audit_retain) {
+            audit_options.retain_segments = (n > 0).then_some(n);
+        }
         Ok(Settings {
             listen,
             audit,
-            durability,
+            audit_options,
             server,
         })
     }

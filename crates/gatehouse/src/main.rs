@@ -217,8 +217,13 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
         let audit_path = audit_store::SqliteAudit::location(&settings.audit)?;
-        let audit = audit_store::SqliteAudit::open(&audit_path, settings.durability)
-            .with_context(|| format!("opening audit log {}", audit_path.display()))?;
+        let audit = Arc::new(
+            audit_store::SqliteAudit::open_with(&audit_path, settings.audit_options)
+                .with_context(|| format!("opening audit log {}", audit_path.display()))?,
+        );
+        if let Err(why) = audit_store::AuditStore::health(&*audit) {
+            tracing::error!(audit = %audit_path.display(), %why, "the audit log cannot commit: not ready, and every decision is a DENY audit_unavailable until it can");
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -259,7 +264,26 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
                 tracing::info!("shutting down");
             }
         };
-        sidecar_server::serve(settings.server, policy, Arc::new(audit), listener, shutdown).await?;
+        let served = sidecar_server::serve(
+            settings.server,
+            policy,
+            audit.clone(),
+            listener,
+            shutdown,
+        )
+        .await;
+        // Drained: commit what is queued, sign the head, fold the WAL.
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            audit_store::AuditStore::flush(&*audit),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!("audit flushed and checkpointed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "audit flush failed"),
+            Err(_) => tracing::error!("audit flush timed out"),
+        }
+        served?;
         Ok(ExitCode::SUCCESS)
     })
 }

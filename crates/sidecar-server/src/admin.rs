@@ -108,6 +108,9 @@ impl v1::admin_service_server::AdminService for AdminSvc {
             .await?;
         let r = self.inner.control.revoke(agent, &req.id, req.restore);
         tracing::warn!(agent, id = %req.id, restore = req.restore, "revocation changed");
+        if !self.inner.control.persist().await {
+            tracing::error!(id = %req.id, "the revocation is in force but not yet persisted");
+        }
         Ok(Response::new(v1::RevokeResponse {
             revocations: Some(revocations_to_proto(&r)),
             audit_seq: seq,
@@ -135,6 +138,9 @@ impl v1::admin_service_server::AdminService for AdminSvc {
                 ),
             ));
         };
+        if !self.inner.control.persist().await {
+            tracing::error!(approval = %g.approval_id, "the grant is in force but not yet persisted");
+        }
         let seq = self
             .audit(AuditRecord {
                 time_ms: now_ms(),

@@ -1,6 +1,7 @@
 //! The server's shared control state: rate-limit and budget counters,
 //! revocations (pushed to every stream), grants and pending approvals.
-//! Persisted in the state store so a restart resets none of it.
+//! Persisted in the state store so a restart resets none of it; the store
+//! writes behind on its own thread, so deciding never waits on its disk.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,8 +174,10 @@ impl ControlPlane {
             }
             map.insert(id.to_owned(), approval.clone());
         }
-        if let (Some(state), Ok(v)) = (&self.state, serde_json::to_string(&approval)) {
-            let _ = state.put(NS_APPROVAL, id, &v);
+        if let (Some(state), Ok(v)) = (&self.state, serde_json::to_string(&approval))
+            && let Err(e) = state.put(NS_APPROVAL, id, &v)
+        {
+            tracing::error!(error = %e, "cannot persist an approval");
         }
     }
 
@@ -209,6 +212,22 @@ impl ControlPlane {
         self.revocations()
     }
 
+    /// Waits (off the async workers, at most 2 s) until state writes queued
+    /// so far are committed; returns whether they were.
+    pub(crate) async fn persist(self: &Arc<Self>) -> bool {
+        if self.state.is_none() {
+            return true;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.state
+                .as_ref()
+                .is_none_or(|s| s.flush(std::time::Duration::from_secs(2)))
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Turns a pending approval into a grant lasting `ttl_ms`.
     pub(crate) fn grant(&self, approval_id: &str, ttl_ms: u64) -> Option<Grant> {
         let now = now_ms();
@@ -226,8 +245,10 @@ impl ControlPlane {
             grants.prune(now);
             grants.add(grant.clone());
         }
-        if let (Some(state), Ok(v)) = (&self.state, serde_json::to_string(&grant)) {
-            let _ = state.put(NS_GRANT, approval_id, &v);
+        if let (Some(state), Ok(v)) = (&self.state, serde_json::to_string(&grant))
+            && let Err(e) = state.put(NS_GRANT, approval_id, &v)
+        {
+            tracing::error!(error = %e, "cannot persist a grant");
         }
         Some(grant)
     }

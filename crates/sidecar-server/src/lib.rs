@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub state: Option<PathBuf>,
     /// When set, AdminService calls must carry `authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// A decision whose audit record has not committed within this long is
+    /// sent as a DENY `audit_unavailable` (the record is then dropped
+    /// unwritten, or marked undelivered if it was mid-commit).
+    pub audit_deadline: Duration,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             settle: DEFAULT_SETTLE,
             state: None,
             admin_token: None,
+            audit_deadline: DEFAULT_AUDIT_DEADLINE,
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct PolicyHandle {
     /// A changed file set seen on disk, and since when, not yet settled.
     pending: Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>,
 }
+
+/// How long a decision waits for its audit record by default.
+pub const DEFAULT_AUDIT_DEADLINE: Duration = Duration::from_millis(1000);
 
 /// How long a changed bundle must stay unchanged before it is activated
 /// (without a manifest).
@@ -240,9 +248,12 @@ pub async fn serve(
     let service = service::HookSvc::new(
         control,
         policy.clone(),
-        audit,
-        config.max_in_flight_per_stream,
-        config.max_message_bytes,
+        audit.clone(),
+        service::Limits {
+            max_in_flight: config.max_in_flight_per_stream,
+            max_message_bytes: config.max_message_bytes,
+            audit_deadline: config.audit_deadline,
+        },
         stop_rx,
     );
     let admin = hook_proto::v1::admin_service_server::AdminServiceServer::new(
@@ -256,9 +267,7 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<HookServiceServer<service::HookSvc>>()
-        .await;
+    let readiness = tokio::spawn(readiness_loop(health_reporter, audit));
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
@@ -289,7 +298,46 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reloader.abort();
+    readiness.abort();
     result.map_err(ServerError::from)
+}
+
+/// Keeps the gRPC health status true to whether decisions can be made and
+/// recorded: NOT_SERVING (for the server, "", and the hook service) while
+/// the audit cannot commit (read-only, locked, full, its file deleted),
+/// SERVING otherwise. A bundle is always loaded: the server does not start
+/// without a valid one and never swaps in an invalid one.
+async fn readiness_loop(
+    reporter: tonic_health::server::HealthReporter,
+    audit: Arc<dyn AuditStore>,
+) {
+    use tonic_health::ServingStatus;
+    let mut last: Option<bool> = None;
+    loop {
+        let health = audit.health();
+        let ready = health.is_ok();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if let Err(why) = &health {
+                tracing::error!(%why, "not ready: the audit cannot commit");
+            } else if last.is_some() {
+                tracing::info!("ready: the audit commits again");
+            }
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <HookServiceServer<service::HookSvc> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reloads on SIGHUP and, when configured, when the directory changes.

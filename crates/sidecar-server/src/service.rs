@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use audit_store::{AuditRecord, AuditStore};
+use audit_store::{AuditError, AuditRecord, AuditStore};
 use futures::Stream;
 use hook_proto::v1::{
     self, ClientFrame, DecidedBy, EventError, HookEvent, ServerFrame, Welcome, client_frame,
@@ -37,7 +37,16 @@ pub(crate) struct Inner {
     /// The configured message cap; frames above it are refused with
     /// `message_too_large` (the transport's own limit sits above it).
     pub(crate) max_message_bytes: usize,
+    audit_deadline: std::time::Duration,
     shutdown: watch::Receiver<bool>,
+}
+
+/// The per-server bounds a stream works within.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) audit_deadline: std::time::Duration,
 }
 
 /// Who is on the other end of a stream, from its hello.
@@ -54,8 +63,7 @@ impl HookSvc {
         control: Arc<ControlPlane>,
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
-        max_in_flight: usize,
-        max_message_bytes: usize,
+        limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -63,8 +71,9 @@ impl HookSvc {
                 control,
                 policy,
                 audit,
-                max_in_flight: max_in_flight.max(1),
-                max_message_bytes,
+                max_in_flight: limits.max_in_flight.max(1),
+                max_message_bytes: limits.max_message_bytes,
+                audit_deadline: limits.audit_deadline,
                 shutdown,
             }),
         }
@@ -78,6 +87,22 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Inner {
+    /// Appends `record` and waits at most the audit deadline for it.
+    async fn record(&self, record: AuditRecord, once: bool) -> Result<u64, AuditError> {
+        let append = if once {
+            self.audit.append_once(record)
+        } else {
+            self.audit.append(record)
+        };
+        match tokio::time::timeout(self.audit_deadline, append).await {
+            Ok(r) => r,
+            Err(_) => Err(AuditError::Commit(format!(
+                "not committed within the audit deadline ({} ms)",
+                self.audit_deadline.as_millis()
+            ))),
+        }
+    }
+
     /// Decides one wire event against `bundle` and records it; the returned
     /// decision is in the audit, or is a DENY saying why it is not.
     async fn decide(&self, bundle: &Bundle, wire: &HookEvent, peer: Option<&Peer>) -> v1::Decision {
@@ -170,7 +195,7 @@ impl Inner {
             bundle_hash: decision.bundle_hash.clone(),
             detail: serde_json_detail(&decision, install_denied),
         };
-        match self.audit.append(record).await {
+        match self.record(record, false).await {
             Ok(seq) => decision_to_proto(
                 &decision,
                 &wire.correlation_id,
@@ -258,7 +283,7 @@ impl Inner {
             bundle_hash: d.bundle_hash.clone(),
             detail: detail.to_string(),
         };
-        match self.audit.append_once(record).await {
+        match self.record(record, true).await {
             Ok(seq) => Some(v1::ReportAck {
                 id: wire.event_id.clone(),
                 audit_seq: seq,
@@ -295,7 +320,7 @@ impl Inner {
             .to_string(),
             ..AuditRecord::default()
         };
-        match self.audit.append_once(record).await {
+        match self.record(record, true).await {
             Ok(seq) => Some(v1::ReportAck {
                 id: gap.gap_id.clone(),
                 audit_seq: seq,
