@@ -253,12 +253,19 @@ async fn oversized_message_ends_only_its_own_stream() -> anyhow::Result<()> {
     healthy.tx.send(ev(bash("h1", "h1", "ls"))).await?;
     assert_eq!(healthy.decision().await?.verdict(), v1::Verdict::Allow);
 
+    // An oversized event is refused alone (tests/faults); any other
+    // oversized frame, here a local-decision report, ends its stream.
     let huge = "x".repeat(200 * 1024);
-    let status = stream_status(
-        &server,
-        vec![hello("alice", "big", ""), ev(bash("c", "e-big", &huge))],
-    )
-    .await?;
+    let report = ClientFrame {
+        frame: Some(client_frame::Frame::LocalDecision(
+            v1::LocalDecisionReport {
+                event: Some(bash("c", "e-big", &huge)),
+                decision: Some(v1::Decision::default()),
+                ..Default::default()
+            },
+        )),
+    };
+    let status = stream_status(&server, vec![hello("alice", "big", ""), report]).await?;
     assert_eq!(
         reason_code_of(&status).as_deref(),
         Some("message_too_large"),

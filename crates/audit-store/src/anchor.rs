@@ -199,6 +199,27 @@ impl CheckpointSigner {
     }
 }
 
+impl CheckpointSigner {
+    /// Drops checkpoints of records at or below `seq` (retired with their
+    /// segment), so the file stays proportional to the log it anchors.
+    /// Written to a temporary file and renamed.
+    pub(crate) fn forget_through(&self, seq: u64) -> Result<(), AuditError> {
+        let keep: Vec<Checkpoint> = read_checkpoints(&self.file)?
+            .into_iter()
+            .filter(|c| c.seq > seq)
+            .collect();
+        let tmp = with_suffix(&self.file, ".tmp");
+        let mut text = String::new();
+        for c in &keep {
+            text.push_str(&serde_json::to_string(c)?);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.file)?;
+        Ok(())
+    }
+}
+
 /// Every checkpoint in the file, in file order. A line that does not parse
 /// is an error naming it.
 pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, AuditError> {
@@ -207,15 +228,19 @@ pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, AuditError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(AuditError::Key(format!("reading {}: {e}", path.display()))),
     };
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| AuditError::Key(format!("reading {}: {e}", path.display())))?;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| AuditError::Key(format!("reading {}: {e}", path.display())))?;
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        // A crash mid-write leaves a torn last line; it signs nothing.
-        match serde_json::from_str::<Checkpoint>(&line) {
+        match serde_json::from_str::<Checkpoint>(line) {
             Ok(c) => out.push(c),
+            // A crash mid-write leaves a torn last line; it signs nothing.
+            Err(_) if i + 1 == lines.len() => {}
             Err(e) => {
                 return Err(AuditError::Key(format!(
                     "{} line {}: not a checkpoint ({e})",

@@ -183,6 +183,10 @@ struct Writer {
     /// Records the writer owes the chain (undelivered decisions,
     /// retirements), committed with the next batch.
     owed: Vec<AuditRecord>,
+    /// The size of the last batch that failed: a probe must commit as much
+    /// before the log counts as healthy again (a tiny probe would fit in a
+    /// full disk's last free page).
+    failed_bytes: usize,
 }
 
 impl SqliteAudit {
@@ -236,6 +240,7 @@ impl SqliteAudit {
             health: health.clone(),
             gate: gate.clone(),
             owed: Vec::new(),
+            failed_bytes: 0,
             opts: opts.clone(),
         };
         writer.probe();
@@ -329,7 +334,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TABLE IF NOT EXISTS audit_probe (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
-    time_ms INTEGER NOT NULL
+    time_ms INTEGER NOT NULL,
+    pad     BLOB
 );
 ";
 
@@ -397,6 +403,16 @@ fn first_of(conn: &Connection) -> Result<Option<u64>, AuditError> {
         .query_row("SELECT min(seq) FROM audit", [], |r| r.get(0))
         .optional()?
         .flatten())
+}
+
+/// Roughly the bytes a record takes in the log.
+fn approx_size(r: &AuditRecord) -> usize {
+    256 + r.detail.len()
+        + r.resource.len()
+        + r.event_id.len()
+        + r.session_id.len()
+        + r.agent_id.len()
+        + r.policies.iter().map(String::len).sum::<usize>()
 }
 
 fn now_ms() -> i64 {
@@ -503,6 +519,7 @@ impl Writer {
 
     fn fail(&mut self, jobs: Vec<Job>, why: &str) {
         self.health.set(Some(why.to_owned()));
+        self.failed_bytes = jobs.iter().map(|j| approx_size(&j.record)).sum();
         self.last_probe = Instant::now();
         for job in jobs {
             if let Some(reply) = job.reply {
@@ -537,13 +554,15 @@ impl Writer {
     /// write to the probe table commits.
     fn probe(&mut self) {
         self.last_probe = Instant::now();
+        let size = i64::try_from((self.failed_bytes * 2).clamp(4096, 4 << 20)).unwrap_or(4096);
         let result = if file_identity(&self.path) == self.identity {
             self.conn
                 .execute(
-                    "INSERT INTO audit_probe (id, time_ms) VALUES (1, ?1) \
-                     ON CONFLICT(id) DO UPDATE SET time_ms = excluded.time_ms",
-                    params![now_ms()],
+                    "INSERT INTO audit_probe (id, time_ms, pad) VALUES (1, ?1, zeroblob(?2)) \
+                     ON CONFLICT(id) DO UPDATE SET time_ms = excluded.time_ms, pad = excluded.pad",
+                    params![now_ms(), size],
                 )
+                .and_then(|_| self.conn.execute("UPDATE audit_probe SET pad = NULL", []))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         } else {
@@ -704,6 +723,11 @@ impl Writer {
                 continue;
             }
             tracing::info!(segment = %seg.path.display(), "audit segment retired");
+            if let Some(signer) = &self.signer
+                && let Err(e) = signer.forget_through(seg.last)
+            {
+                tracing::warn!(error = %e, "cannot trim the checkpoints of a retired segment");
+            }
             self.owed.push(AuditRecord {
                 time_ms: now_ms(),
                 record_kind: "segment_retired".into(),

@@ -25,6 +25,12 @@ pub(crate) const DEFAULT_RELAY_LISTEN: &str = "127.0.0.1:7470";
 
 /// Largest hook body accepted over HTTP (tool outputs can be large).
 const MAX_HOOK_BODY: usize = 32 * 1024 * 1024;
+/// A request (a socket line, an HTTP request with its body) must arrive
+/// and be answered within this long; a peer that trickles bytes
+/// (slow-loris) is cut off instead of holding a connection and its buffer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Socket connections served at once; more are refused with an error line.
+const MAX_SOCKET_CONNECTIONS: usize = 512;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RelayArgs {
@@ -320,6 +326,7 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
             .route("/v1/decide", axum::routing::post(decide_http))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY))
+            .layer(axum::middleware::from_fn(request_timeout))
             .with_state(relay.clone());
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         #[cfg(unix)]
@@ -352,6 +359,22 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
+/// Bounds a whole HTTP request, body included (a slow-loris body is cut
+/// off with 408).
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request did not complete within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+            .into_response(),
+    }
+}
+
 /// Binds the Unix socket (owner-only permissions) and serves one JSON line
 /// per request. Peers with another uid than the relay's are refused.
 #[cfg(unix)]
@@ -375,16 +398,27 @@ fn spawn_socket(
         .with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let owner = std::fs::metadata(path)?.uid();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SOCKET_CONNECTIONS));
     Ok(tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        while let Ok((mut stream, _)) = listener.accept().await {
             let peer = stream.peer_cred().ok().map(|c| c.uid());
             if peer != Some(owner) {
                 tracing::warn!(?peer, owner, "refused a relay connection from another user");
                 drop(stream);
                 continue;
             }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    max = MAX_SOCKET_CONNECTIONS,
+                    "relay socket busy; refusing a connection"
+                );
+                let reply = serde_json::json!({ "error": "the relay is at its connection limit" });
+                let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+                continue;
+            };
             let relay = relay.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let (read, mut write) = stream.into_split();
                 let mut reader = BufReader::new(read);
                 let mut buf = Vec::new();
@@ -394,9 +428,18 @@ fn spawn_socket(
                     // a peer cannot make the relay buffer without bound.
                     buf.clear();
                     let mut limited = (&mut reader).take(MAX_HOOK_BODY as u64 + 1);
-                    match limited.read_until(b'\n', &mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut buf))
+                        .await
+                    {
+                        Ok(Ok(0) | Err(_)) => break,
+                        Ok(Ok(_)) => {}
+                        Err(_) => {
+                            let reply = serde_json::json!({
+                                "error": format!("no complete request line within {} s", REQUEST_TIMEOUT.as_secs())
+                            });
+                            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                            break;
+                        }
                     }
                     if buf.len() > MAX_HOOK_BODY && buf.last() != Some(&b'\n') {
                         let reply = serde_json::json!({

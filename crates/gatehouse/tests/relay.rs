@@ -375,3 +375,58 @@ fn the_relay_socket_caps_request_lines() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "", "the next hook is answered as usual");
 }
+
+/// Slow-loris: peers that trickle a request (a socket line, an HTTP body)
+/// hold nothing for long. Hooks are answered as usual meanwhile, and each
+/// slow peer is cut off with an error once the request timeout passes.
+#[test]
+fn the_relay_cuts_off_slow_loris_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path(), &["--policies", quickstart().to_str().unwrap()]);
+    let mut slow_sockets = Vec::new();
+    for _ in 0..50 {
+        let mut s = std::os::unix::net::UnixStream::connect(&relay.socket).unwrap();
+        s.write_all(b"{\"event\": ").unwrap();
+        slow_sockets.push(s);
+    }
+    let mut slow_http = Vec::new();
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(&relay.addr).unwrap();
+        write!(
+            s,
+            "POST /v1/hooks/claude-code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"session_id\":"
+        )
+        .unwrap();
+        slow_http.push(s);
+    }
+    // Others are served at once.
+    let sock = relay.socket.to_str().unwrap().to_owned();
+    let started = Instant::now();
+    let (code, out, err) = hook("claude-code", &["--socket", &sock], RM);
+    assert_eq!((code, decision(&out).as_str()), (0, "deny"), "{err}");
+    let (status, _) = post(&relay.addr, "/v1/hooks/claude-code", LS);
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each slow peer gets its error and is disconnected within the timeout.
+    for s in &slow_sockets {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        assert!(reply.contains("no complete request line"), "{reply}");
+    }
+    for s in &mut slow_http {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -609,6 +609,7 @@ impl Shared {
                 } => {
                     let mut wire = event_to_proto(&event);
                     wire.correlation_id = correlation_id;
+                    shrink_for_report(&mut wire);
                     let decided_by = match decision.decided_by.as_str() {
                         "fail_open" => v1::DecidedBy::FailOpen,
                         "fail_closed" => v1::DecidedBy::FailClosed,
@@ -704,4 +705,75 @@ fn spoolable(event: &Event) -> Event {
         _ => {}
     }
     e
+}
+
+/// An event larger than this is reported with its bulky text fields elided.
+const REPORT_EVENT_CAP: usize = 256 * 1024;
+
+/// A report carries the event it reports, and must fit in one frame: the
+/// event was likely decided locally *because* it was too large for the
+/// server. Its bulky text fields (over 1 KiB) are then replaced by their
+/// size and SHA-256, which the audit keeps as evidence.
+pub(crate) fn shrink_for_report(wire: &mut v1::HookEvent) {
+    use sha2::Digest as _;
+    use v1::hook_event::Kind;
+    if prost::Message::encoded_len(wire) <= REPORT_EVENT_CAP {
+        return;
+    }
+    let elide = |s: &mut String| {
+        if s.len() > 1024 {
+            *s = serde_json::json!({
+                "gatehouse_elided": {
+                    "bytes": s.len(),
+                    "sha256": hex::encode(sha2::Sha256::digest(s.as_bytes())),
+                }
+            })
+            .to_string();
+        }
+    };
+    match &mut wire.kind {
+        Some(Kind::PreToolUse(p)) => elide(&mut p.input_json),
+        Some(Kind::PostToolUse(p)) => {
+            elide(&mut p.input_json);
+            elide(&mut p.output_json);
+        }
+        Some(Kind::UserPrompt(p)) => elide(&mut p.prompt),
+        Some(Kind::MemorySearch(m)) => elide(&mut m.query),
+        Some(Kind::MemoryIngest(m)) => elide(&mut m.content),
+        Some(Kind::BackgroundTaskStart(t)) => {
+            elide(&mut t.description);
+            elide(&mut t.command);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_event_is_reported_with_its_bulk_elided() {
+        let mut wire = v1::HookEvent {
+            event_id: "e1".into(),
+            kind: Some(v1::hook_event::Kind::PostToolUse(v1::PostToolUse {
+                tool_name: "Bash".into(),
+                input_json: r#"{"command":"cat big"}"#.into(),
+                output_json: "x".repeat(2 * 1024 * 1024),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        shrink_for_report(&mut wire);
+        assert!(prost::Message::encoded_len(&wire) < 4096);
+        let Some(v1::hook_event::Kind::PostToolUse(p)) = &wire.kind else {
+            panic!("kind changed");
+        };
+        assert_eq!(p.input_json, r#"{"command":"cat big"}"#);
+        assert!(
+            p.output_json.contains("\"bytes\":2097152"),
+            "{}",
+            p.output_json
+        );
+    }
 }

@@ -287,6 +287,7 @@ pub async fn serve(
     ));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
+        .layer(status::ReasonCodesLayer)
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -531,6 +531,26 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
                 }
             }
             msg = inbound.message() => match msg {
+                Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Event(event)) }))
+                    if prost::Message::encoded_len(&event) > inner.max_message_bytes =>
+                {
+                    // One oversized event is refused on its own; the stream,
+                    // and the events behind it, go on (the client decides
+                    // it locally and reports it).
+                    let err = EventError {
+                        correlation_id: event.correlation_id.clone(),
+                        event_id: event.event_id.clone(),
+                        reason_code: "message_too_large".into(),
+                        message: format!(
+                            "the event is {} bytes; the limit is {} bytes",
+                            prost::Message::encoded_len(&event),
+                            inner.max_message_bytes
+                        ),
+                    };
+                    if tx.send(frame(server_frame::Frame::EventError(err))).await.is_err() {
+                        break None;
+                    }
+                }
                 Ok(Some(f)) if prost::Message::encoded_len(&f) > inner.max_message_bytes => {
                     break Some(status(
                         Code::ResourceExhausted,
