@@ -475,7 +475,160 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores{mem}")
 }
 
+/// Bytes of every audit file (active, sealed segments, WAL, checkpoints)
+/// in `dir`.
+fn audit_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("audit.db"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `--soak SECS`: the release server under full load from 100 streams for
+/// SECS, with rotation and retention on; prints decisions, audit bytes per
+/// decision and the largest disk use seen.
+fn soak(secs: u64, segment_mb: u64, retain: usize) -> anyhow::Result<()> {
+    let exe = workspace_root().join("target/release/gatehouse");
+    anyhow::ensure!(
+        exe.exists(),
+        "build the release binary first (cargo xtask soak does)"
+    );
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(&exe)
+        .arg("serve")
+        .arg("--policies")
+        .arg(workspace_root().join("examples/quickstart"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--audit")
+        .arg(format!("sqlite:{}", dir.path().join("audit.db").display()))
+        .args(["--audit-segment-mb", &segment_mb.to_string()])
+        .args(["--audit-retain", &retain.to_string()])
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let client = Client::new(ClientConfig {
+            server: Some(url),
+            default_deadline: Duration::from_secs(5),
+            max_in_flight: 4096,
+            ..ClientConfig::default()
+        })?;
+        let mut sessions = Vec::new();
+        for i in 0..100 {
+            let s = Arc::new(session(&client, i));
+            anyhow::ensure!(
+                s.wait_connected(Duration::from_secs(10)).await,
+                "stream did not open"
+            );
+            sessions.push(s);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let local = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..400 {
+            let (s, stop, decided, local) = (
+                sessions[w % 100].clone(),
+                stop.clone(),
+                decided.clone(),
+                local.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = w * 1_000_000_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let d = s.decide(event(i)).await;
+                    i += 1;
+                    if d.decided_by == DecidedBy::Server {
+                        decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        local.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let start = Instant::now();
+        let mut max_bytes = 0;
+        let mut last_report = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            max_bytes = max_bytes.max(audit_bytes(dir.path()));
+            if last_report.elapsed() >= Duration::from_secs(30) {
+                last_report = Instant::now();
+                eprintln!(
+                    "soak {:>4} s: {} decisions, audit {:.1} MiB now, {:.1} MiB at most",
+                    start.elapsed().as_secs(),
+                    decided.load(std::sync::atomic::Ordering::Relaxed),
+                    audit_bytes(dir.path()) as f64 / 1048576.0,
+                    max_bytes as f64 / 1048576.0
+                );
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await?;
+        }
+        let wall = start.elapsed();
+        Ok((
+            decided.load(std::sync::atomic::Ordering::Relaxed),
+            local.load(std::sync::atomic::Ordering::Relaxed),
+            max_bytes,
+            wall,
+        ))
+    });
+    // Stop the server cleanly, then measure the log as it stays.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let (decided, local, max_bytes, wall) = result?;
+    let records = audit_store::query(&dir.path().join("audit.db"), &audit_store::Query::default())?;
+    let present = records.len() as u64;
+    let first = records.first().map_or(0, |r| r.seq);
+    let files: u64 = audit_bytes(dir.path());
+    let verified = audit_store::verify(&dir.path().join("audit.db"))?;
+    println!(
+        "soak: {secs} s on {}\n  decisions by the server: {decided} ({:.0}/s), decided locally: {local}\n  \
+         audit now: {present} records kept (from seq {first}), {:.1} MiB on disk, {:.0} bytes per record kept\n  \
+         largest audit on disk during the run: {:.1} MiB (segments of {segment_mb} MiB, {retain} kept)\n  \
+         verify: {verified:?}",
+        machine(),
+        decided as f64 / wall.as_secs_f64(),
+        files as f64 / 1048576.0,
+        files as f64 / present.max(1) as f64,
+        max_bytes as f64 / 1048576.0,
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--soak") {
+        let num = |flag: &str, default: u64| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|j| args.get(j + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let secs = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(600);
+        return soak(
+            secs,
+            num("--segment-mb", 64),
+            usize::try_from(num("--retain", 4)).unwrap_or(4),
+        );
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()

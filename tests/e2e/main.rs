@@ -6,6 +6,8 @@
 mod client;
 mod controls;
 mod helpers;
+mod metrics;
 mod outputs;
 mod reload;
 mod stream;
+mod tls;

@@ -13,6 +13,8 @@ tasks:
   test          every test (cargo nextest when installed, else cargo test)
   conformance   the conformance corpus on every path
   bench         latency and throughput on every path -> docs/benchmarks.md
+  soak [SECS]   the release server at full load for SECS (600) with audit
+                rotation and retention: disk use per decision and its bound
   fuzz --smoke  every cargo fuzz target briefly over its committed corpus
                 (installs cargo-fuzz when missing; needs a nightly toolchain)";
 
@@ -31,6 +33,20 @@ fn main() -> ExitCode {
                 "gatehouse-tests",
                 "--bin",
                 "gatehouse-bench",
+            ])
+        }),
+        "soak" => cargo(&["build", "--release", "-p", "gatehouse"]).and_then(|()| {
+            let secs = std::env::args().nth(2).unwrap_or_else(|| "600".into());
+            cargo(&[
+                "run",
+                "--release",
+                "-p",
+                "gatehouse-tests",
+                "--bin",
+                "gatehouse-bench",
+                "--",
+                "--soak",
+                &secs,
             ])
         }),
         "fuzz" => fuzz(std::env::args().any(|a| a == "--smoke")),

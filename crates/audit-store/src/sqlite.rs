@@ -627,8 +627,16 @@ impl Writer {
         let Some(limit) = self.opts.segment_bytes else {
             return;
         };
-        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len())
-            + std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        // The database's logical size (pages in the file and in the WAL);
+        // the WAL file's own size says nothing about how much it holds.
+        let size = self
+            .conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
         if size < limit || self.seq < self.first {
             return;
         }

@@ -28,15 +28,43 @@ pub(crate) struct Connection {
     /// Admin bearer token [default: $GATEHOUSE_ADMIN_TOKEN].
     #[arg(long)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: crate::config::TlsArgs,
+    /// A file holding the admin token [default: $GATEHOUSE_ADMIN_TOKEN_FILE,
+    /// else the file `gatehouse serve` generates by default in this
+    /// directory, when present].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
+
+/// The token file `gatehouse serve` generates with its default settings.
+pub(crate) const DEFAULT_TOKEN_FILE: &str = "gatehouse-audit.db.state.admin-token";
 
 impl Connection {
     fn request<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
         let mut req = tonic::Request::new(msg);
+        let file = self
+            .token_file
+            .clone()
+            .or_else(|| std::env::var_os("GATEHOUSE_ADMIN_TOKEN_FILE").map(PathBuf::from))
+            .or_else(|| {
+                let p = PathBuf::from(DEFAULT_TOKEN_FILE);
+                p.exists().then_some(p)
+            });
+        let from_file = match (&self.token, file) {
+            (None, Some(path)) if std::env::var_os("GATEHOUSE_ADMIN_TOKEN").is_none() => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the admin token {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            _ => None,
+        };
         let token = self
             .token
             .clone()
-            .or_else(|| std::env::var("GATEHOUSE_ADMIN_TOKEN").ok());
+            .or_else(|| std::env::var("GATEHOUSE_ADMIN_TOKEN").ok())
+            .or(from_file);
         if let Some(t) = token {
             req.metadata_mut().insert(
                 "authorization",
@@ -51,9 +79,11 @@ impl Connection {
     ) -> anyhow::Result<v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>>
     {
         let url = self.server.clone().unwrap_or_else(default_server);
-        v1::admin_service_client::AdminServiceClient::connect(url.clone())
+        let channel = sidecar_client::endpoint(&url, self.tls.client_tls().as_ref())?
+            .connect()
             .await
-            .with_context(|| format!("connecting to {url}"))
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(v1::admin_service_client::AdminServiceClient::new(channel))
     }
 }
 
@@ -172,8 +202,14 @@ pub(crate) struct ExplainArgs {
     /// Print JSON instead of sentences.
     #[arg(long)]
     json: bool,
+    /// Admin bearer token, for explaining on a server.
     #[arg(long)]
     token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::config::TlsArgs,
 }
 
 pub(crate) fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
@@ -201,6 +237,8 @@ pub(crate) fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             let conn = Connection {
                 server: server.clone(),
                 token: args.token.clone(),
+                token_file: args.token_file.clone(),
+                tls: args.tls.clone(),
             };
             block_on(async {
                 let mut client = conn.client().await?;

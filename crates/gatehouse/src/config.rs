@@ -14,6 +14,42 @@ use sidecar_server::ServerConfig;
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7468";
 pub(crate) const DEFAULT_AUDIT: &str = "sqlite:gatehouse-audit.db";
 
+/// How a command reaches a server over TLS (an `https://` URL).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsArgs {
+    /// The CA the server's certificate must chain to (PEM) [default: the
+    /// system's roots].
+    #[arg(long)]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that requires mTLS.
+    #[arg(long)]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long)]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// An agent bearer token, for a server started with --agent-tokens
+    /// [default: $GATEHOUSE_AGENT_TOKEN].
+    #[arg(long)]
+    pub(crate) agent_token: Option<String>,
+}
+
+impl TlsArgs {
+    pub(crate) fn client_tls(&self) -> Option<sidecar_client::ClientTls> {
+        sidecar_client::ClientTls::from_parts(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )
+    }
+
+    pub(crate) fn token(&self) -> Option<String> {
+        self.agent_token
+            .clone()
+            .or_else(|| std::env::var("GATEHOUSE_AGENT_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7468].
@@ -48,9 +84,36 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     state: Option<PathBuf>,
     /// Require this bearer token on AdminService calls (revoke, grant,
-    /// explain) [default: $GATEHOUSE_ADMIN_TOKEN].
+    /// explain) [default: $GATEHOUSE_ADMIN_TOKEN, else the token in
+    /// --admin-token-file, generated when missing].
     #[arg(long)]
     admin_token: Option<String>,
+    /// Where the admin token is read from, or generated into (mode 0600)
+    /// when no token is given [default: `<state>.admin-token`, beside the
+    /// state store].
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this
+    /// address (a port of its own).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); reloaded on
+    /// SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS): a client then
+    /// speaks only for the agent its certificate names (URI SAN
+    /// spiffe://<domain>/agent/<id>, else its CN).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Agent bearer tokens: a TOML file of `[[token]] sha256 = "<hex>"
+    /// agents = ["…"]`; a caller without a client certificate must present
+    /// one and speaks only for its agents. Reloaded on SIGHUP.
+    #[arg(long)]
+    agent_tokens: Option<PathBuf>,
     /// The ed25519 key that signs audit checkpoints (created, mode 0600,
     /// when missing); `none` signs nothing. Keep it where the audit's
     /// writers cannot reach it [default: `<audit>.key`].
@@ -90,6 +153,12 @@ struct FileConfig {
     settle_ms: Option<u64>,
     state: Option<PathBuf>,
     admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    agent_tokens: Option<PathBuf>,
     audit_key: Option<PathBuf>,
     audit_checkpoint_log: Option<bool>,
     audit_segment_mb: Option<u64>,
@@ -100,6 +169,8 @@ struct FileConfig {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
+    /// Set when the admin token was generated into this file.
+    pub(crate) admin_token_created: Option<PathBuf>,
     pub(crate) audit: String,
     pub(crate) audit_options: AuditOptions,
     pub(crate) server: ServerConfig,
@@ -150,16 +221,49 @@ impl ServeArgs {
             .or(file.audit)
             .unwrap_or_else(|| DEFAULT_AUDIT.to_owned());
         let audit_path = audit_store::SqliteAudit::location(&audit)?;
-        server.state = Some(self.state.or(file.state).unwrap_or_else(|| {
+        let state = self.state.or(file.state).unwrap_or_else(|| {
             let mut p = audit_path.clone().into_os_string();
             p.push(".state.db");
             PathBuf::from(p)
-        }));
+        });
+        server.state = Some(state.clone());
         server.admin_token = self
             .admin_token
             .or(file.admin_token)
             .or_else(|| std::env::var("GATEHOUSE_ADMIN_TOKEN").ok())
             .filter(|t| !t.is_empty());
+        // The admin API is never open: without a token, one is read from
+        // (or generated into) the token file.
+        let mut admin_token_created = None;
+        if server.admin_token.is_none() {
+            let path = self
+                .admin_token_file
+                .or(file.admin_token_file)
+                .unwrap_or_else(|| state.with_extension("admin-token"));
+            let (token, created) = sidecar_server::load_or_create_admin_token(&path)
+                .with_context(|| format!("admin token file {}", path.display()))?;
+            server.admin_token = Some(token);
+            if created {
+                admin_token_created = Some(path);
+            }
+        }
+        server.metrics_listen = self.metrics_listen.or(file.metrics_listen);
+        server.tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+            self.client_ca.or(file.client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(sidecar_server::TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            _ => {
+                anyhow::bail!("TLS needs both tls_cert and tls_key (and client_ca only with them)")
+            }
+        };
+        server.agent_tokens = self.agent_tokens.or(file.agent_tokens);
         if let Some(ms) = self.settle_ms.or(file.settle_ms) {
             server.settle = Duration::from_millis(ms);
         }
@@ -181,6 +285,7 @@ impl ServeArgs {
         }
         Ok(Settings {
             listen,
+            admin_token_created,
             audit,
             audit_options,
             server,

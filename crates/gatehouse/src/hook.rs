@@ -42,6 +42,8 @@ pub(crate) struct HookArgs {
     /// How long to wait for the relay or server, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: crate::config::TlsArgs,
 }
 
 /// The relay's default socket: `$GATEHOUSE_SOCKET`, else
@@ -148,7 +150,7 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
         }
     }
     if let Some(url) = &args.server {
-        match via_server(url, event, timeout) {
+        match via_server(url, event, timeout, &args.tls) {
             Ok(o) => return Ok(o),
             Err(e) => errors.push(format!("server {url}: {e}")),
         }
@@ -274,7 +276,12 @@ fn via_http(addr: &str, event: &policy_core::Event, timeout: Duration) -> Result
     parse_reply(body)
 }
 
-fn via_server(url: &str, event: &policy_core::Event, timeout: Duration) -> Result<Outcome, String> {
+fn via_server(
+    url: &str,
+    event: &policy_core::Event,
+    timeout: Duration,
+    tls: &crate::config::TlsArgs,
+) -> Result<Outcome, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -284,6 +291,8 @@ fn via_server(url: &str, event: &policy_core::Event, timeout: Duration) -> Resul
             server: Some(url.to_owned()),
             default_deadline: timeout,
             connect_timeout: timeout,
+            tls: tls.client_tls(),
+            token: tls.token(),
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;

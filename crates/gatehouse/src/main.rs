@@ -227,6 +227,12 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        if let Some(path) = &settings.admin_token_created {
+            eprintln!(
+                "gatehouse: generated an admin token in {} (mode 0600); revoke and grant need it",
+                path.display()
+            );
+        }
         let bundle = policy.current();
         tracing::info!(
             listen = %listener.local_addr()?,

@@ -44,6 +44,8 @@ pub(crate) struct RelayArgs {
     /// --policies.
     #[arg(long)]
     server: Option<String>,
+    #[command(flatten)]
+    tls: crate::config::TlsArgs,
     /// The principal for every event [default: the agent's name].
     #[arg(long)]
     agent: Option<String>,
@@ -96,6 +98,71 @@ struct Relay {
     principal: Option<String>,
     token: Option<String>,
     fail_open: bool,
+    metrics: RelayMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct HookLabels {
+    agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RelayDecisionLabels {
+    agent: String,
+    source: String,
+    verdict: String,
+}
+
+type HookHistograms = prometheus_client::metrics::family::Family<
+    HookLabels,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+/// The relay's own metrics, recorded in `Relay::decide`, the one path
+/// every hook (socket or HTTP) goes through.
+struct RelayMetrics {
+    registry: prometheus_client::registry::Registry,
+    hook_seconds: HookHistograms,
+    decisions: prometheus_client::metrics::family::Family<
+        RelayDecisionLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl RelayMetrics {
+    fn new() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse_relay");
+        let hook_seconds: HookHistograms =
+            prometheus_client::metrics::family::Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            });
+        let decisions = prometheus_client::metrics::family::Family::default();
+        registry.register(
+            "hook_duration_seconds",
+            "Time to decide one hook, by agent",
+            hook_seconds.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Hook decisions by agent, who decided (source) and verdict",
+            decisions.clone(),
+        );
+        Self {
+            registry,
+            hook_seconds,
+            decisions,
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Relay {
@@ -126,11 +193,33 @@ impl Relay {
     }
 
     async fn decide(&self, mut event: Event) -> Outcome {
+        let started = Instant::now();
         if let Some(p) = &self.principal {
             event.agent_id.clone_from(p);
         }
+        // Bounded label values: a known agent name, else `other`.
+        let agent = if Agent::NAMES.contains(&event.runtime.as_str()) {
+            event.runtime.clone()
+        } else {
+            "other".to_owned()
+        };
         let session = self.session(&event);
-        crate::hook::outcome_from_client(session.decide(event).await)
+        let outcome = crate::hook::outcome_from_client(session.decide(event).await);
+        self.metrics
+            .hook_seconds
+            .get_or_create(&HookLabels {
+                agent: agent.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .decisions
+            .get_or_create(&RelayDecisionLabels {
+                agent,
+                source: outcome.decided_by.clone(),
+                verdict: outcome.verdict.as_str().to_owned(),
+            })
+            .inc();
+        outcome
     }
 
     fn sweep(&self, idle: Duration) -> usize {
@@ -312,6 +401,8 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
             fail_mode,
             bootstrap,
             spool: spool.map(|path| SpoolConfig { path, max_bytes: 64 << 20 }),
+            tls: args.tls.client_tls(),
+            token: args.tls.token(),
             ..ClientConfig::default()
         })?;
         let relay = Arc::new(Relay {
@@ -320,11 +411,24 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<std::process::ExitCode> {
             principal: args.agent.or(file.agent),
             token,
             fail_open: fail_mode == FailMode::Open,
+            metrics: RelayMetrics::new(),
         });
         let app = axum::Router::new()
             .route("/v1/hooks/{agent}", axum::routing::post(hook_http))
             .route("/v1/decide", axum::routing::post(decide_http))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(|State(relay): State<Arc<Relay>>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        relay.metrics.encode(),
+                    )
+                }),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY))
             .layer(axum::middleware::from_fn(request_timeout))
             .with_state(relay.clone());

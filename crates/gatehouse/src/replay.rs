@@ -36,6 +36,8 @@ pub(crate) struct ReplayArgs {
     /// (claude-code, codex, gemini, cursor, copilot, cline, windsurf).
     #[arg(long, value_parser = format_parser(), default_value = "gatehouse")]
     format: Format,
+    #[command(flatten)]
+    tls: crate::config::TlsArgs,
     /// Per-event deadline when deciding through a server.
     #[arg(long, default_value_t = 5000)]
     deadline_ms: u64,
@@ -76,6 +78,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             client: Client::new(ClientConfig {
                 server: Some(url.clone()),
                 default_deadline: Duration::from_millis(args.deadline_ms),
+                tls: args.tls.client_tls(),
+                token: args.tls.token(),
                 ..ClientConfig::default()
             })?,
             sessions: HashMap::new(),

@@ -30,7 +30,7 @@ fn validate_accepts_the_quickstart_and_locates_every_error() {
         .arg("validate")
         .arg(root().join("examples/quickstart")));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("valid: 13 policies"), "{out}");
+    assert!(out.contains("valid: 15 policies"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -431,4 +431,75 @@ fn sigterm_drains_and_exits_cleanly() {
     let (code, out) = verify(&db);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("6 records"), "{out}");
+}
+
+/// A server started with no admin settings generates an admin token (mode
+/// 0600): revoke and grant fail as unauthenticated without it and succeed
+/// with it.
+#[test]
+fn the_admin_api_is_closed_by_default() {
+    use hook_proto::v1;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("audit.db"));
+    let token_file = dir.path().join("audit.db.state.admin-token");
+    assert!(token_file.exists(), "no generated token file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let url = format!("http://{}", served.addr);
+    let admin = |args: &[&str], with_token: bool| {
+        let mut c = bin();
+        c.current_dir(elsewhere.path())
+            .env_remove("GATEHOUSE_ADMIN_TOKEN")
+            .env_remove("GATEHOUSE_ADMIN_TOKEN_FILE")
+            .args(args)
+            .args(["--server", &url]);
+        if with_token {
+            c.arg("--token-file").arg(&token_file);
+        }
+        run(&mut c)
+    };
+    let (code, _, err) = admin(&["revoke", "agent", "mallory"], false);
+    assert_ne!(code, 0);
+    assert!(err.contains("unauthenticated"), "{err}");
+    let (code, _, err) = admin(&["revoke", "agent", "mallory"], true);
+    assert_eq!(code, 0, "{err}");
+
+    // An ASK gives an approval id to grant.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let approval = rt.block_on(async {
+        let mut client = v1::hook_service_client::HookServiceClient::connect(url.clone())
+            .await
+            .unwrap();
+        client
+            .evaluate(v1::HookEvent {
+                correlation_id: "c".into(),
+                event_id: "e-ask".into(),
+                agent_id: "alice".into(),
+                session_id: "s".into(),
+                kind: Some(v1::hook_event::Kind::PreToolUse(v1::PreToolUse {
+                    tool_name: "Bash".into(),
+                    input_json: "{\"command\":\"git push origin main\"}".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .approval_id
+    });
+    assert!(!approval.is_empty());
+    let (code, _, err) = admin(&["grant", &approval], false);
+    assert_ne!(code, 0);
+    assert!(err.contains("unauthenticated"), "{err}");
+    let (code, _, err) = admin(&["grant", &approval], true);
+    assert_eq!(code, 0, "{err}");
 }

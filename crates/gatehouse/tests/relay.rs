@@ -430,3 +430,35 @@ fn the_relay_cuts_off_slow_loris_peers() {
         started.elapsed()
     );
 }
+
+/// The relay's `/metrics`: hook latency and decisions by agent and source.
+#[test]
+fn the_relay_exports_hook_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path(), &["--policies", quickstart().to_str().unwrap()]);
+    for body in [RM, LS, LS] {
+        let (status, _) = post(&relay.addr, "/v1/hooks/claude-code", body);
+        assert_eq!(status, 200);
+    }
+    let mut s = std::net::TcpStream::connect(&relay.addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let count = |needle: &str| -> f64 {
+        resp.lines()
+            .filter(|l| l.starts_with("gatehouse_relay_decisions_total{") && l.contains(needle))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert_eq!(count("agent=\"claude-code\""), 3.0, "{resp}");
+    assert_eq!(count("verdict=\"deny\""), 1.0, "{resp}");
+    assert!(
+        resp.contains("gatehouse_relay_hook_duration_seconds_bucket{"),
+        "{resp}"
+    );
+}

@@ -51,6 +51,9 @@ pub enum ReasonCode {
     PrincipalMismatch,
     /// A stream event names another session than the stream's hello.
     SessionMismatch,
+    /// The caller's certificate or token does not allow it to speak for
+    /// the event's agent.
+    IdentityMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
     AuditUnavailable,
     /// A rate limit refused the event (see `retry_after_ms`).
@@ -92,6 +95,7 @@ impl ReasonCode {
             Self::MetadataTooLarge => "metadata_too_large",
             Self::PrincipalMismatch => "principal_mismatch",
             Self::SessionMismatch => "session_mismatch",
+            Self::IdentityMismatch => "identity_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
             Self::RateLimited => "rate_limited",
             Self::BudgetExceeded => "budget_exceeded",

@@ -81,6 +81,11 @@ pub struct ClientConfig {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub spool: Option<SpoolConfig>,
+    /// TLS for an `https://` server: its CA, and a client certificate for
+    /// mTLS (the server then takes the agent identity from it).
+    pub tls: Option<crate::ClientTls>,
+    /// An agent bearer token, for servers that bind agents by token.
+    pub token: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -98,6 +103,8 @@ impl Default for ClientConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             spool: None,
+            tls: None,
+            token: None,
         }
     }
 }

@@ -16,19 +16,21 @@ mod decision;
 mod hooks;
 mod session;
 mod spool;
+mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use policy_core::Bundle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use self::blocking::{BlockingClient, BlockingSession};
 pub use self::config::{Backoff, ClientConfig, FailMode, SpoolConfig};
 pub use self::decision::{ClientDecision, DecidedBy, FallbackCause};
 pub use self::hooks::{GatehouseHook, HookChain, HookOutcome, ToolCall, ToolHook, ToolResult};
 pub use self::session::{Session, SessionInfo};
+pub use self::tls::{ClientTls, endpoint};
 pub use bundle_dir::{BundleDirError, read_bundle_dir};
 pub use policy_core::{BundleFile, Event, EventKind, Revocations, Usage, Verdict};
 
@@ -44,6 +46,8 @@ pub enum ClientError {
     Spool(#[from] std::io::Error),
     #[error("cannot start the client runtime: {0}")]
     Runtime(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Counters, for operators and tests.
@@ -164,8 +168,7 @@ impl Client {
         let channel = match &config.server {
             None => None,
             Some(url) => {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| ClientError::InvalidServer(url.clone(), e.to_string()))?
+                let endpoint = tls::endpoint(url, config.tls.as_ref())?
                     .connect_timeout(config.connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(config.keepalive_interval)

@@ -437,8 +437,15 @@ impl Shared {
         let open = async {
             let mut client = v1::hook_service_client::HookServiceClient::new(channel)
                 .max_decoding_message_size(64 * 1024 * 1024);
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(token) = &self.client.config.token {
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| "the agent token is not a valid header value".to_owned())?;
+                request.metadata_mut().insert("authorization", value);
+            }
             let mut inbound = client
-                .process_hook_event(ReceiverStream::new(rx))
+                .process_hook_event(request)
                 .await
                 .map_err(|s| s.to_string())?
                 .into_inner();

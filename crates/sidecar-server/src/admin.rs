@@ -10,6 +10,35 @@ use tonic::{Code, Request, Response, Status};
 use crate::service::{Inner, now_ms};
 use crate::status::status;
 
+/// Reads the admin token in `path`, or creates one (32 random bytes, hex)
+/// in a new file with mode 0600. Returns the token and whether it was
+/// created. A server started without an admin token uses this, so the
+/// admin API is never open by default.
+pub fn load_or_create_admin_token(path: &std::path::Path) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), false)),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token = hex::encode(bytes);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok((token, true))
+}
+
 /// Default lifetime of a grant.
 const DEFAULT_GRANT_TTL_MS: u64 = 10 * 60_000;
 
@@ -25,6 +54,26 @@ impl AdminSvc {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        // A client certificate decides first: an administrator's passes, an
+        // agent's never does (an agent must not grant its own asks or lift
+        // its own revocation), whatever token it holds.
+        if let Some(certs) = req.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            return match crate::tls::identity_of(leaf) {
+                Some(crate::tls::PeerIdentity::Admin(_)) => Ok(()),
+                Some(crate::tls::PeerIdentity::Agent(a)) => Err(status(
+                    Code::PermissionDenied,
+                    "agent_cannot_administer",
+                    format!("agent `{a}` may not call the admin API"),
+                )),
+                None => Err(status(
+                    Code::Unauthenticated,
+                    "unauthenticated",
+                    "the client certificate names no administrator",
+                )),
+            };
+        }
         let Some(token) = &self.token else {
             return Ok(());
         };

@@ -10,8 +10,10 @@
 
 mod admin;
 mod control;
+mod metrics;
 mod service;
 mod status;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,7 +26,10 @@ use policy_core::{Bundle, BundleError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use self::admin::load_or_create_admin_token;
+pub use self::metrics::Metrics;
 pub use self::status::{REASON_HEADER, reason_code_of};
+pub use self::tls::{PeerIdentity, TlsFiles, identity_of};
 pub use bundle_dir::{BundleDirError, read_bundle_dir};
 
 /// Server settings (static: read once at start).
@@ -53,6 +58,15 @@ pub struct ServerConfig {
     /// sent as a DENY `audit_unavailable` (the record is then dropped
     /// unwritten, or marked undelivered if it was mid-commit).
     pub audit_deadline: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (a port of its own).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve gRPC over TLS with these files; with a client CA, clients must
+    /// present a certificate, which names their agent (reloaded on SIGHUP).
+    pub tls: Option<TlsFiles>,
+    /// Agent bearer tokens (TOML: `[[token]] sha256 = "…" agents = […]`),
+    /// reloaded on SIGHUP. Callers without a client certificate must
+    /// present one.
+    pub agent_tokens: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -67,6 +81,9 @@ impl ServerConfig {
             state: None,
             admin_token: None,
             audit_deadline: DEFAULT_AUDIT_DEADLINE,
+            metrics_listen: None,
+            tls: None,
+            agent_tokens: None,
         }
     }
 }
@@ -92,6 +109,8 @@ pub enum ServerError {
     State(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The current bundle, shared by every stream; reloads swap it whole.
@@ -241,6 +260,36 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    let tls = config
+        .tls
+        .clone()
+        .map(tls::ReloadableTls::load)
+        .transpose()?
+        .map(Arc::new);
+    let tokens = config
+        .agent_tokens
+        .as_deref()
+        .map(tls::AgentTokens::load)
+        .transpose()?
+        .map(Arc::new);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_bundle(policy.current().hash());
+    let metrics_http = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz and /readyz");
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(metrics::serve_http(
+                listener,
+                metrics.clone(),
+                audit.clone(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let control = Arc::new(
         control::ControlPlane::open(config.state.as_deref())
             .map_err(|e| ServerError::State(e.to_string()))?,
@@ -249,6 +298,10 @@ pub async fn serve(
         control,
         policy.clone(),
         audit.clone(),
+        metrics.clone(),
+        service::Auth {
+            tokens: tokens.clone(),
+        },
         service::Limits {
             max_in_flight: config.max_in_flight_per_stream,
             max_message_bytes: config.max_message_bytes,
@@ -267,7 +320,7 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let readiness = tokio::spawn(readiness_loop(health_reporter, audit));
+    let readiness = tokio::spawn(readiness_loop(health_reporter, audit, metrics.clone()));
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
@@ -284,9 +337,13 @@ pub async fn serve(
     let reloader = tokio::spawn(reload_loop(
         policy.with_settle(config.settle),
         config.watch_interval,
+        metrics.clone(),
+        Credentials {
+            tls: tls.clone(),
+            tokens,
+        },
     ));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(status::ReasonCodesLayer)
         .max_concurrent_streams(config.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -295,11 +352,26 @@ pub async fn serve(
         .add_service(admin)
         .add_service(health)
         .add_service(reflection)
-        .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .add_service(reflection_alpha);
+    let result = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
     reloader.abort();
     readiness.abort();
+    if let Some(h) = metrics_http {
+        h.abort();
+    }
     result.map_err(ServerError::from)
 }
 
@@ -311,12 +383,14 @@ pub async fn serve(
 async fn readiness_loop(
     reporter: tonic_health::server::HealthReporter,
     audit: Arc<dyn AuditStore>,
+    metrics: Arc<Metrics>,
 ) {
     use tonic_health::ServingStatus;
     let mut last: Option<bool> = None;
     loop {
         let health = audit.health();
         let ready = health.is_ok();
+        metrics.set_audit_ready(ready);
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
@@ -342,10 +416,48 @@ async fn readiness_loop(
 }
 
 /// Reloads on SIGHUP and, when configured, when the directory changes.
-async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
+/// What SIGHUP re-reads besides the bundle.
+#[derive(Debug)]
+struct Credentials {
+    tls: Option<Arc<tls::ReloadableTls>>,
+    tokens: Option<Arc<tls::AgentTokens>>,
+}
+
+impl Credentials {
+    fn reload(&self) {
+        if let Some(t) = &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload rejected; keeping the current certificates")
+                }
+            }
+        }
+        if let Some(t) = &self.tokens {
+            match t.reload() {
+                Ok(()) => tracing::info!("agent tokens reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "agent tokens reload rejected; keeping the current tokens")
+                }
+            }
+        }
+    }
+}
+
+async fn reload_loop(
+    policy: PolicyHandle,
+    interval: Option<Duration>,
+    metrics: Arc<Metrics>,
+    credentials: Credentials,
+) {
     let reload = |why: &str| match policy.observe() {
-        Ok(_) => {}
+        Ok(false) => {}
+        Ok(true) => {
+            metrics.reload(true);
+            metrics.set_bundle(policy.current().hash());
+        }
         Err(e) => {
+            metrics.reload(false);
             tracing::error!(trigger = why, error = %e, "policy reload rejected; keeping the current bundle")
         }
     };
@@ -374,6 +486,7 @@ async fn reload_loop(policy: PolicyHandle, interval: Option<Duration>) {
         };
         tokio::select! {
             () = hup_fut => {
+                credentials.reload();
                 // Look, wait out the settle interval, look again: a bundle
                 // still being written is not activated.
                 reload("sighup");

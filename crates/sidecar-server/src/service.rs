@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::PolicyHandle;
 use crate::control::ControlPlane;
 use crate::status::{inbound_error, status};
+use crate::tls::{AgentTokens, Caller, PeerIdentity};
 
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
@@ -33,12 +34,58 @@ pub(crate) struct Inner {
     pub(crate) control: Arc<ControlPlane>,
     pub(crate) policy: PolicyHandle,
     pub(crate) audit: Arc<dyn AuditStore>,
+    pub(crate) metrics: Arc<crate::Metrics>,
+    pub(crate) auth: Auth,
     max_in_flight: usize,
     /// The configured message cap; frames above it are refused with
     /// `message_too_large` (the transport's own limit sits above it).
     pub(crate) max_message_bytes: usize,
     audit_deadline: std::time::Duration,
     shutdown: watch::Receiver<bool>,
+}
+
+/// How callers of the hook service are identified: by their client
+/// certificate (mTLS), else by an agent bearer token when a tokens file is
+/// configured, else not at all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Auth {
+    pub(crate) tokens: Option<Arc<AgentTokens>>,
+}
+
+impl Auth {
+    /// What the caller of `req` may speak for; UNAUTHENTICATED when a
+    /// token is required and missing or unknown.
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        if let Some(certs) = req.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            return match crate::tls::identity_of(leaf) {
+                Some(PeerIdentity::Agent(a)) => Ok(Caller::Agents([a].into())),
+                Some(PeerIdentity::Admin(n)) => Ok(Caller::Admin(n)),
+                None => Err(status(
+                    Code::Unauthenticated,
+                    "unauthenticated",
+                    "the client certificate names no agent (URI SAN spiffe://<domain>/agent/<id> or CN)",
+                )),
+            };
+        }
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller::Anyone);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given.and_then(|t| tokens.agents(t)) {
+            Some(agents) => Ok(Caller::Agents(agents)),
+            None => Err(status(
+                Code::Unauthenticated,
+                "unauthenticated",
+                "a valid agent token is required (authorization: Bearer <token>)",
+            )),
+        }
+    }
 }
 
 /// The per-server bounds a stream works within.
@@ -56,6 +103,8 @@ struct Peer {
     session_id: String,
     runtime: String,
     metadata: BTreeMap<String, String>,
+    /// What the connection's certificate or token allows.
+    caller: Caller,
 }
 
 impl HookSvc {
@@ -63,6 +112,8 @@ impl HookSvc {
         control: Arc<ControlPlane>,
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
+        metrics: Arc<crate::Metrics>,
+        auth: Auth,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -71,6 +122,8 @@ impl HookSvc {
                 control,
                 policy,
                 audit,
+                metrics,
+                auth,
                 max_in_flight: limits.max_in_flight.max(1),
                 max_message_bytes: limits.max_message_bytes,
                 audit_deadline: limits.audit_deadline,
@@ -94,18 +147,61 @@ impl Inner {
         } else {
             self.audit.append(record)
         };
-        match tokio::time::timeout(self.audit_deadline, append).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.audit_deadline, append).await {
             Ok(r) => r,
             Err(_) => Err(AuditError::Commit(format!(
                 "not committed within the audit deadline ({} ms)",
                 self.audit_deadline.as_millis()
             ))),
-        }
+        };
+        self.metrics.audit_append(started.elapsed(), result.is_ok());
+        result
     }
 
     /// Decides one wire event against `bundle` and records it; the returned
     /// decision is in the audit, or is a DENY saying why it is not.
-    async fn decide(&self, bundle: &Bundle, wire: &HookEvent, peer: Option<&Peer>) -> v1::Decision {
+    /// [`decide_event`](Self::decide_event) inside one span per event,
+    /// carrying the event id, agent, verdict and who decided.
+    async fn decide(
+        &self,
+        bundle: &Bundle,
+        wire: &HookEvent,
+        peer: Option<&Peer>,
+        caller: &Caller,
+    ) -> v1::Decision {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "event",
+            event_id = %wire.event_id,
+            agent = %peer.map_or(wire.agent_id.as_str(), |p| p.agent_id.as_str()),
+            kind = policy_core::proto::kind_name(wire),
+            verdict = tracing::field::Empty,
+            reason_code = tracing::field::Empty,
+            decided_by = "server",
+            audit_seq = tracing::field::Empty,
+        );
+        let d = self
+            .decide_event(bundle, wire, peer, caller)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "verdict",
+            policy_core::proto::verdict_from_proto(d.verdict).map_or("deny", |v| v.as_str()),
+        );
+        span.record("reason_code", d.reason_code.as_str());
+        span.record("audit_seq", d.audit_seq);
+        d
+    }
+
+    async fn decide_event(
+        &self,
+        bundle: &Bundle,
+        wire: &HookEvent,
+        peer: Option<&Peer>,
+        caller: &Caller,
+    ) -> v1::Decision {
+        let started = std::time::Instant::now();
         let (event, decision) = match event_from_proto(wire) {
             // Every decision is recorded and matched by its event id: an
             // event without one cannot be attributed or replayed safely.
@@ -147,9 +243,23 @@ impl Inner {
                     }
                     None => None,
                 };
-                let decision = match mismatch {
-                    Some((code, why)) => Decision::deny(code, why, bundle.hash()),
-                    None => self.control.decide(bundle, &event),
+                // The caller's certificate or token says which agents it
+                // may speak for; any other is denied, whatever the policy.
+                let decision = if !caller.may_speak_for(&event.agent_id) {
+                    Decision::deny(
+                        ReasonCode::IdentityMismatch,
+                        format!(
+                            "this caller may speak for {}, not for agent `{}`",
+                            caller.describe(),
+                            event.agent_id
+                        ),
+                        bundle.hash(),
+                    )
+                } else {
+                    match mismatch {
+                        Some((code, why)) => Decision::deny(code, why, bundle.hash()),
+                        None => self.control.decide(bundle, &event),
+                    }
                 };
                 (event, decision)
             }
@@ -195,14 +305,8 @@ impl Inner {
             bundle_hash: decision.bundle_hash.clone(),
             detail: serde_json_detail(&decision, install_denied),
         };
-        match self.record(record, false).await {
-            Ok(seq) => decision_to_proto(
-                &decision,
-                &wire.correlation_id,
-                &wire.event_id,
-                DecidedBy::Server,
-                seq,
-            ),
+        let (decision, seq) = match self.record(record, false).await {
+            Ok(seq) => (decision, seq),
             Err(e) => {
                 tracing::error!(error = %e, event_id = %wire.event_id, "audit append failed; denying");
                 let d = Decision::deny(
@@ -210,15 +314,26 @@ impl Inner {
                     format!("the decision could not be recorded: {e}"),
                     bundle.hash(),
                 );
-                decision_to_proto(
-                    &d,
-                    &wire.correlation_id,
-                    &wire.event_id,
-                    DecidedBy::Server,
-                    0,
-                )
+                (d, 0)
             }
-        }
+        };
+        self.metrics.decision(&decision, started.elapsed());
+        tracing::debug!(
+            event_id = %wire.event_id,
+            agent = %event.agent_id,
+            verdict = decision.verdict.as_str(),
+            reason_code = decision.reason_code.as_str(),
+            decided_by = "server",
+            audit_seq = seq,
+            "decided"
+        );
+        decision_to_proto(
+            &decision,
+            &wire.correlation_id,
+            &wire.event_id,
+            DecidedBy::Server,
+            seq,
+        )
     }
 }
 
@@ -259,16 +374,31 @@ impl Inner {
         };
         let verdict =
             policy_core::proto::verdict_from_proto(d.verdict).map_or("deny", |v| v.as_str());
+        // A report for an agent the connection may not speak for is kept
+        // as evidence of the attempt, never as that agent's decision.
+        let impostor = !peer.caller.may_speak_for(&agent);
         let detail = serde_json::json!({
             "reason": d.reason,
             "cause": report.cause,
-            "fail_open": decided_by == "fail_open",
+            "fail_open": decided_by == "fail_open" && !impostor,
             "decided_at_ms": report.decided_at_ms,
             "reported_by": peer.agent_id,
+            "caller": peer.caller.describe(),
         });
+        let (record_kind, verdict, decided_by, reason_code) = if impostor {
+            tracing::warn!(agent = %agent, caller = %peer.caller.describe(), "a local-decision report for another agent; recorded as identity_mismatch");
+            (
+                "identity_mismatch",
+                "deny",
+                "server",
+                "identity_mismatch".to_owned(),
+            )
+        } else {
+            ("local_decision", verdict, decided_by, d.reason_code.clone())
+        };
         let record = AuditRecord {
             time_ms: now_ms(),
-            record_kind: "local_decision".into(),
+            record_kind: record_kind.into(),
             session_id: session,
             agent_id: agent,
             runtime,
@@ -277,17 +407,22 @@ impl Inner {
             correlation_id: wire.correlation_id.clone(),
             resource,
             verdict: verdict.into(),
-            reason_code: d.reason_code.clone(),
+            reason_code: reason_code.clone(),
             policies: d.policies.clone(),
             decided_by: decided_by.into(),
             bundle_hash: d.bundle_hash.clone(),
             detail: detail.to_string(),
         };
         match self.record(record, true).await {
-            Ok(seq) => Some(v1::ReportAck {
-                id: wire.event_id.clone(),
-                audit_seq: seq,
-            }),
+            Ok(seq) => {
+                if !impostor {
+                    self.metrics.report(verdict, decided_by, &reason_code);
+                }
+                Some(v1::ReportAck {
+                    id: wire.event_id.clone(),
+                    audit_seq: seq,
+                })
+            }
             Err(e) => {
                 tracing::error!(error = %e, "recording a local decision failed; the client keeps it spooled");
                 None
@@ -385,9 +520,10 @@ impl v1::hook_service_server::HookService for HookSvc {
         &self,
         request: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<Self::ProcessHookEventStream>, Status> {
+        let caller = self.inner.auth.caller(&request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.inner.max_in_flight + 8);
-        tokio::spawn(run_stream(self.inner.clone(), inbound, tx));
+        tokio::spawn(run_stream(self.inner.clone(), inbound, tx, caller));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -395,6 +531,7 @@ impl v1::hook_service_server::HookService for HookSvc {
         &self,
         request: Request<HookEvent>,
     ) -> Result<Response<v1::Decision>, Status> {
+        let caller = self.inner.auth.caller(&request)?;
         let event = request.into_inner();
         let size = prost::Message::encoded_len(&event);
         if size > self.inner.max_message_bytes {
@@ -409,7 +546,7 @@ impl v1::hook_service_server::HookService for HookSvc {
         }
         let bundle = self.inner.policy.current();
         Ok(Response::new(
-            self.inner.decide(&bundle, &event, None).await,
+            self.inner.decide(&bundle, &event, None, &caller).await,
         ))
     }
 }
@@ -420,7 +557,12 @@ fn frame(f: server_frame::Frame) -> Result<ServerFrame, Status> {
     Ok(ServerFrame { frame: Some(f) })
 }
 
-async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
+async fn run_stream(
+    inner: Arc<Inner>,
+    mut inbound: Streaming<ClientFrame>,
+    tx: Tx,
+    caller: Caller,
+) {
     // 1. The hello.
     let hello = match inbound.message().await {
         Ok(Some(ClientFrame {
@@ -477,8 +619,10 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
         session_id: hello.session_id,
         runtime: hello.runtime,
         metadata: hello.metadata.into_iter().collect(),
+        caller,
     });
     tracing::debug!(agent = %peer.agent_id, session = %peer.session_id, "stream opened");
+    let _open = inner.metrics.stream_opened();
 
     // 2. The welcome, with the bundle when the client's is stale.
     let mut bundles = inner.policy.subscribe();
@@ -584,7 +728,7 @@ async fn run_stream(inner: Arc<Inner>, mut inbound: Streaming<ClientFrame>, tx: 
                     let bundle = inner.policy.current();
                     let (inner, tx, peer, in_flight) = (inner.clone(), tx.clone(), peer.clone(), in_flight.clone());
                     tokio::spawn(async move {
-                        let decision = inner.decide(&bundle, &event, Some(&peer)).await;
+                        let decision = inner.decide(&bundle, &event, Some(&peer), &peer.caller).await;
                         lock(&in_flight).remove(&event.correlation_id);
                         let _ = tx.send(frame(server_frame::Frame::Decision(decision))).await;
                         drop(permit);
