@@ -201,6 +201,22 @@ async fn a_full_disk_denies_then_recovers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server on `audit` is NOT_SERVING and denies every decision.
+async fn assert_not_ready_on(audit: SqliteAudit, path: &Path, n: usize) -> anyhow::Result<()> {
+    let server = TestServer::start_with(
+        &quickstart(),
+        Arc::new(audit),
+        path.to_path_buf(),
+        tempfile::tempdir()?,
+        |_| {},
+    )
+    .await?;
+    wait_status(&server, ServingStatus::NotServing).await?;
+    let [a, b] = rm_rf_and_ls(&server, n).await?;
+    assert!(unavailable(&a) && unavailable(&b), "{a:?} {b:?}");
+    server.stop().await
+}
+
 /// Reported: a server restarted on a read-only audit said SERVING while
 /// it denied everything. Now it says NOT_SERVING (or, where SQLite cannot
 /// even open the log, refuses to start), and every decision is a DENY.
@@ -218,40 +234,16 @@ async fn a_server_restarted_on_a_read_only_audit_is_not_ready() -> anyhow::Resul
     let path = mnt.path().join("audit.db");
     match SqliteAudit::open_with(&path, AuditOptions::new(&path)) {
         Err(e) => eprintln!("refused to open a read-only audit: {e}"),
-        Ok(audit) => {
-            let server = TestServer::start_with(
-                &quickstart(),
-                Arc::new(audit),
-                path.clone(),
-                tempfile::tempdir()?,
-                |_| {},
-            )
-            .await?;
-            wait_status(&server, ServingStatus::NotServing).await?;
-            let [a, b] = rm_rf_and_ls(&server, 3).await?;
-            assert!(unavailable(&a) && unavailable(&b), "{a:?} {b:?}");
-            server.stop().await?;
-        }
+        Ok(audit) => assert_not_ready_on(audit, &path, 3).await?,
     }
     mnt.set_read_only(false);
 
     // The reported form: the file alone read-only (its directory writable),
     // which SQLite opens read-only without complaint.
-    let _ro = crate::ReadOnlyFile::new(&path);
+    let ro = crate::ReadOnlyFile::new(&path);
     let audit = SqliteAudit::open_with(&path, AuditOptions::new(&path))?;
-    let server = TestServer::start_with(
-        &quickstart(),
-        Arc::new(audit),
-        path.clone(),
-        tempfile::tempdir()?,
-        |_| {},
-    )
-    .await?;
-    wait_status(&server, ServingStatus::NotServing).await?;
-    let [a, b] = rm_rf_and_ls(&server, 4).await?;
-    assert!(unavailable(&a) && unavailable(&b), "{a:?} {b:?}");
-    server.stop().await?;
-    drop(_ro);
+    assert_not_ready_on(audit, &path, 4).await?;
+    drop(ro);
     assert!(matches!(
         audit_store::verify(&path)?,
         audit_store::VerifyReport::Intact { .. }

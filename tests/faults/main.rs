@@ -107,7 +107,7 @@ impl ReadOnlyFile {
 
 impl Drop for ReadOnlyFile {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

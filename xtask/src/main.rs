@@ -25,30 +25,11 @@ fn main() -> ExitCode {
         "test" => test(),
         "conformance" => python_client().and_then(|()| conformance()),
         // The relay and hook rows run the release `gatehouse` binary.
-        "bench" => cargo(&["build", "--release", "-p", "gatehouse"]).and_then(|()| {
-            cargo(&[
-                "run",
-                "--release",
-                "-p",
-                "gatehouse-tests",
-                "--bin",
-                "gatehouse-bench",
-            ])
-        }),
-        "soak" => cargo(&["build", "--release", "-p", "gatehouse"]).and_then(|()| {
+        "bench" => bench(&[]),
+        "soak" => {
             let secs = std::env::args().nth(2).unwrap_or_else(|| "600".into());
-            cargo(&[
-                "run",
-                "--release",
-                "-p",
-                "gatehouse-tests",
-                "--bin",
-                "gatehouse-bench",
-                "--",
-                "--soak",
-                &secs,
-            ])
-        }),
+            bench(&["--soak", &secs])
+        }
         "fuzz" => fuzz(std::env::args().any(|a| a == "--smoke")),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -63,6 +44,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The bench binary, in release, after the release `gatehouse` binary its
+/// remote rows run.
+fn bench(extra: &[&str]) -> Result<(), String> {
+    cargo(&["build", "--release", "-p", "gatehouse"])?;
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "gatehouse-tests",
+        "--bin",
+        "gatehouse-bench",
+        "--",
+    ];
+    args.extend_from_slice(extra);
+    cargo(&args)
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {

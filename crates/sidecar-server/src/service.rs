@@ -160,9 +160,10 @@ impl Inner {
     }
 
     /// Decides one wire event against `bundle` and records it; the returned
-    /// decision is in the audit, or is a DENY saying why it is not.
-    /// [`decide_event`](Self::decide_event) inside one span per event,
-    /// carrying the event id, agent, verdict and who decided.
+    /// decision is in the audit, or is a DENY saying why it is not. The one
+    /// decision function of the stream and the unary RPC; it runs inside
+    /// one span per event, carrying the event id, agent, verdict and who
+    /// decided.
     async fn decide(
         &self,
         bundle: &Bundle,
