@@ -81,6 +81,14 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
+    /// The code whose string form is `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        use serde::de::IntoDeserializer as _;
+        let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            s.into_deserializer();
+        Self::deserialize(d).ok()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PolicyPermit => "policy_permit",
@@ -168,5 +176,23 @@ impl Decision {
             approval_id: None,
             output: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod reason_code_tests {
+    use super::ReasonCode;
+
+    #[test]
+    fn codes_parse_back_from_their_string_form_only() {
+        for code in [
+            ReasonCode::PolicyPermit,
+            ReasonCode::IdentityMismatch,
+            ReasonCode::NoBundle,
+        ] {
+            assert_eq!(ReasonCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ReasonCode::parse("no-such-code"), None);
+        assert_eq!(ReasonCode::parse("PolicyPermit"), None);
     }
 }

@@ -16,14 +16,14 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    verdict: String,
-    decided_by: String,
-    reason_code: String,
+    verdict: &'static str,
+    decided_by: &'static str,
+    reason_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,7 +33,7 @@ struct BundleLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReportLabels {
-    decided_by: String,
+    decided_by: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,17 +142,11 @@ impl Metrics {
         // zero, so that dashboards and alerts see them before the first
         // event.
         for result in ["ok", "rejected"] {
-            m.reloads
-                .get_or_create(&ResultLabels {
-                    result: result.to_owned(),
-                })
-                .inc_by(0);
+            m.reloads.get_or_create(&ResultLabels { result }).inc_by(0);
         }
         for by in ["local_fallback", "fail_open", "fail_closed"] {
             m.reports
-                .get_or_create(&ReportLabels {
-                    decided_by: by.to_owned(),
-                })
+                .get_or_create(&ReportLabels { decided_by: by })
                 .inc_by(0);
         }
         Self { registry, ..m }
@@ -162,9 +156,9 @@ impl Metrics {
     pub(crate) fn decision(&self, d: &policy_core::Decision, elapsed: Duration) {
         self.decisions
             .get_or_create(&DecisionLabels {
-                verdict: d.verdict.as_str().to_owned(),
-                decided_by: "server".to_owned(),
-                reason_code: d.reason_code.as_str().to_owned(),
+                verdict: d.verdict.as_str(),
+                decided_by: "server",
+                reason_code: d.reason_code.as_str(),
             })
             .inc();
         if d.verdict != policy_core::Verdict::Allow {
@@ -177,18 +171,24 @@ impl Metrics {
         self.decision_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// One local decision reported by a client and recorded.
-    pub(crate) fn report(&self, verdict: &str, decided_by: &str, reason_code: &str) {
+    /// One local decision reported by a client and recorded. The reason
+    /// code comes from the client: one that is not a known code is counted
+    /// as `other`, so a client cannot grow the label set.
+    pub(crate) fn report(
+        &self,
+        verdict: &'static str,
+        decided_by: &'static str,
+        reason_code: &str,
+    ) {
         self.reports
-            .get_or_create(&ReportLabels {
-                decided_by: decided_by.to_owned(),
-            })
+            .get_or_create(&ReportLabels { decided_by })
             .inc();
         self.decisions
             .get_or_create(&DecisionLabels {
-                verdict: verdict.to_owned(),
-                decided_by: decided_by.to_owned(),
-                reason_code: reason_code.to_owned(),
+                verdict,
+                decided_by,
+                reason_code: policy_core::ReasonCode::parse(reason_code)
+                    .map_or("other", policy_core::ReasonCode::as_str),
             })
             .inc();
         if decided_by == "fail_open" {
@@ -215,7 +215,7 @@ impl Metrics {
     pub(crate) fn reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&ResultLabels {
-                result: if ok { "ok" } else { "rejected" }.to_owned(),
+                result: if ok { "ok" } else { "rejected" },
             })
             .inc();
     }

@@ -89,63 +89,12 @@ fn tag_response<B>(mut res: http::Response<B>) -> http::Response<B> {
     if headers.contains_key(REASON_HEADER) {
         return res;
     }
-    let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+    let Some(raised) = Status::from_header_map(headers) else {
         return res;
     };
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let status = Status::new(Code::from_i32(code), percent_decode(&message));
-    let mapped = inbound_error(&status);
-    let Some(reason) = reason_code_of(&mapped) else {
-        return res;
-    };
-    // grpc-message is percent-encoded: printable ASCII but `%` stays.
-    let encoded: String = mapped
-        .message()
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_graphic() && b != b'%' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    if let (Ok(s), Ok(m), Ok(r)) = (
-        http::HeaderValue::from_str(&(mapped.code() as i32).to_string()),
-        http::HeaderValue::from_str(&encoded),
-        http::HeaderValue::from_str(&reason),
-    ) {
-        headers.insert("grpc-status", s);
-        headers.insert("grpc-message", m);
-        headers.insert(REASON_HEADER, r);
+    let mapped = inbound_error(&raised);
+    if reason_code_of(&mapped).is_some() && mapped.add_header(headers).is_err() {
+        tracing::debug!(status = %raised.message(), "could not tag a transport error");
     }
     res
-}
-
-/// Decodes a `grpc-message` header value (percent-encoded UTF-8).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(hex), 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
