@@ -1,7 +1,9 @@
 //! Fuzzes the credential detector and the output guard pipeline: any text
 //! (as a string output and inside a JSON object) through the quickstart's
 //! post-tool decision. Nothing may panic, and a redacted output must not
-//! still hold a detected AWS key.
+//! still hold the AWS example key as a token of its own (not glued to the
+//! letters before it: key-shaped runs inside base64 data are left alone by
+//! design).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -38,7 +40,14 @@ fuzz_target!(|data: &[u8]| {
         let d = bundle.evaluate(&event);
         if let Some(redacted) = d.output.as_ref().and_then(|o| o.redacted.as_ref()) {
             let shown = redacted.to_string();
-            assert!(!shown.contains("AKIAIOSFODNN7EXAMPLE"), "{shown}");
+            let key = "AKIAIOSFODNN7EXAMPLE";
+            for (at, _) in shown.match_indices(key) {
+                let glued = shown[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_');
+                assert!(glued, "{shown}");
+            }
         }
     }
 });

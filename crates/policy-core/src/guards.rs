@@ -133,7 +133,10 @@ fn detectors() -> &'static [Detector] {
         };
         [
             d("private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----", 0, "pattern"),
-            d("aws_access_key", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}\b", 0, "pattern"),
+            // A word boundary before the prefix (so a key-shaped run inside
+            // base64 data is left alone), none after it: a key with
+            // characters appended is still a key.
+            d("aws_access_key", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}", 0, "pattern"),
             d("aws_secret_key", r#"(?i)aws_?secret_?access_?key["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})\b"#, 1, "assignment"),
             d("github_token", r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b", 0, "pattern"),
             d("github_token", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b", 0, "pattern"),
@@ -604,6 +607,15 @@ mod tests {
         let (v, ev) = scan(serde_json::json!({"client_token": "q8Zr3LmX0pV7wKa2Ns9Yd4Tf"}));
         assert_eq!(v["client_token"], "[REDACTED:high_entropy_secret]");
         assert_eq!(ev, vec!["high_entropy_secret@$.client_token"]);
+    }
+
+    /// Found by the detector fuzz target: a key followed by more letters
+    /// slipped through.
+    #[test]
+    fn a_key_with_characters_appended_is_still_redacted() {
+        let (v, ev) = scan(Value::String("ID=AKIAIOSFODNN7EXAMPLEE\n".into()));
+        assert!(!v.to_string().contains("AKIAIOSFODNN7EXAMPLE"), "{v}");
+        assert_eq!(ev.len(), 1, "{ev:?}");
     }
 
     #[test]
