@@ -64,8 +64,86 @@ fn event(i: usize) -> Event {
     }
 }
 
-/// A bundle of `n` policies: 90% scoped to one of 100 tools, 10% general.
-fn generated_bundle(n: usize) -> Vec<BundleFile> {
+/// An organisation's bundle of `n` policies, as it grows by teams and
+/// tools: 10 org-wide guardrails (an allow, forbids, asks), and the rest
+/// split between team policies (`principal in Group::"teamK"`) and tool
+/// policies (`resource == Tool::"toolK"`), about 10 per team and per tool.
+/// The bench agent is in team0.
+fn org_bundle(n: usize) -> Vec<BundleFile> {
+    let mut text = String::from(
+        "@id(\"allow\") permit(principal, action == Gatehouse::Action::\"call_tool\", resource);\n",
+    );
+    let guard = |text: &mut String, id: &str, ask: bool, pattern: &str| {
+        let _ = writeln!(
+            text,
+            "@id(\"{id}\") {}forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+             resource == Gatehouse::Tool::\"Bash\") when {{ context.input has command && \
+             context.input.command like \"{pattern}\" }};",
+            if ask { "@ask " } else { "" }
+        );
+    };
+    guard(&mut text, "no-rm-root", false, "*rm -rf /");
+    guard(&mut text, "no-curl-sh", false, "*curl*| sh*");
+    guard(&mut text, "no-force-push", false, "git push --force*");
+    guard(&mut text, "ask-push", true, "git push*");
+    guard(&mut text, "ask-publish", true, "cargo publish*");
+    guard(&mut text, "no-mkfs", false, "*mkfs*");
+    let _ = writeln!(
+        text,
+        "@id(\"no-env-read\") forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+         resource) when {{ context.input has file_path && context.input.file_path like \"*.env\" }};"
+    );
+    let _ = writeln!(
+        text,
+        "@id(\"ask-etc-edit\") @ask forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+         resource) when {{ context.input has file_path && context.input.file_path like \"/etc/*\" }};"
+    );
+    let _ = writeln!(
+        text,
+        "@id(\"no-ssh-keys\") forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+         resource) when {{ context.input has file_path && context.input.file_path like \"*/.ssh/*\" }};"
+    );
+    let groups = (n / 20).max(1);
+    for i in 10..n {
+        let k = (i / 2) % groups;
+        if i % 2 == 0 {
+            let _ = writeln!(
+                text,
+                "@id(\"team{i}\") forbid(principal in Gatehouse::Group::\"team{k}\", \
+                 action == Gatehouse::Action::\"call_tool\", resource) when {{ \
+                 context.input has command && context.input.command like \"*x{i}*\" }};"
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "@id(\"tool{i}\") forbid(principal, action == Gatehouse::Action::\"call_tool\", \
+                 resource == Gatehouse::Tool::\"tool{k}\") when {{ context.input has command && \
+                 context.input.command like \"*x{i}*\" }};"
+            );
+        }
+    }
+    let mut entities: Vec<serde_json::Value> = (0..groups)
+        .map(|k| serde_json::json!({"uid": {"type": "Gatehouse::Group", "id": format!("team{k}")}, "attrs": {}, "parents": []}))
+        .collect();
+    entities.push(serde_json::json!({
+        "uid": {"type": "Gatehouse::Agent", "id": "bench-agent"}, "attrs": {},
+        "parents": [{"type": "Gatehouse::Group", "id": "team0"}],
+    }));
+    vec![
+        BundleFile {
+            path: "org.cedar".into(),
+            content: text,
+        },
+        BundleFile {
+            path: "entities.json".into(),
+            content: serde_json::Value::Array(entities).to_string(),
+        },
+    ]
+}
+
+/// A bundle of `n` policies of which 10% apply to every event (no scope
+/// names a principal or resource): the cost that no index can remove.
+fn org_wide_bundle(n: usize) -> Vec<BundleFile> {
     let mut text = String::from(
         "@id(\"allow\") permit(principal, action == Gatehouse::Action::\"call_tool\", resource);\n",
     );
@@ -667,13 +745,19 @@ fn main() -> anyhow::Result<()> {
         5_000 / scale,
     ));
     for n in [50, 500] {
-        let b = Bundle::load(generated_bundle(n))?;
+        let b = Bundle::load(org_bundle(n))?;
         rows.push(in_process(
             &format!("in-process, {n} policies"),
             &b,
             50_000 / scale,
         ));
     }
+    let b = Bundle::load(org_wide_bundle(500))?;
+    rows.push(in_process(
+        "in-process, 500 policies, 10% org-wide",
+        &b,
+        50_000 / scale,
+    ));
 
     let dir = tempfile::tempdir()?;
     rt.block_on(async {
@@ -867,7 +951,7 @@ fn main() -> anyhow::Result<()> {
     ) {
         let _ = writeln!(
             md,
-            "In-process p99 grows {:.2}x from 50 to 500 policies (90% of them scoped to one tool).",
+            "In-process p99 grows {:.2}x from 50 to 500 policies (grown by teams and tools; 10 org-wide).",
             pct(&b.lat, 0.99).as_secs_f64() / pct(&a.lat, 0.99).as_secs_f64().max(1e-9)
         );
     }

@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode,
+    PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode,
     ValidationWarning, Validator,
 };
 use sha2::{Digest, Sha256};
@@ -53,20 +54,112 @@ pub(crate) struct PolicyInfo {
     pub(crate) reason: Option<String>,
 }
 
-/// The policies of one action: those whose resource scope names one
-/// resource exactly (`resource == R`) are only handed to Cedar for R.
+/// The policies of one action, sliced by scope so that Cedar only sees the
+/// policies that can apply to an event.
+///
+/// A policy whose resource scope names one resource exactly (`resource ==
+/// R`) is only handed to Cedar for R. A policy whose principal scope names an
+/// entity (`principal == A`, `principal in G`, `principal is T in G`) is only
+/// handed to Cedar for principals that are that entity or are in it (the
+/// principal's ancestors come from `entities.json` alone, so this is known
+/// at load time). Every slice is a superset of the policies that can apply:
+/// Cedar still checks each scope.
 #[derive(Debug, Default)]
 pub(crate) struct ActionIndex {
-    /// Policies whose resource scope is not a single resource.
+    /// Policies with no principal entity in scope whose resource scope is
+    /// not a single resource.
     pub(crate) general: PolicySet,
     /// For each resource named with `==`: `general` plus those policies.
     pub(crate) by_resource: HashMap<EntityUid, PolicySet>,
+    /// Policies whose principal scope names an entity, by that entity.
+    pub(crate) by_principal: HashMap<EntityUid, Vec<Policy>>,
+    /// Resources named with `==` by the policies in `by_principal`.
+    pub(crate) principal_resources: HashSet<EntityUid>,
+    /// Merged slices for principals that some scoped policy names, made
+    /// on first use. The keys are bounded by the bundle (its named
+    /// principals and resources), and by `MERGED_CAP` besides.
+    pub(crate) merged: RwLock<HashMap<SliceKey, Arc<PolicySet>>>,
+}
+
+/// A principal, and the resource when some `==` scope names it.
+type SliceKey = (EntityUid, Option<EntityUid>);
+
+/// Most merged slices one action keeps; past it a slice is built per call.
+const MERGED_CAP: usize = 4096;
+
+/// The policies handed to Cedar for one event.
+#[derive(Debug, Clone)]
+pub(crate) enum Slice<'a> {
+    Static(&'a PolicySet),
+    Merged(Arc<PolicySet>),
+}
+
+impl std::ops::Deref for Slice<'_> {
+    type Target = PolicySet;
+    fn deref(&self) -> &PolicySet {
+        match self {
+            Self::Static(s) => s,
+            Self::Merged(s) => s,
+        }
+    }
 }
 
 impl ActionIndex {
-    /// The policies that can apply to `resource`.
-    pub(crate) fn slice(&self, resource: &EntityUid) -> &PolicySet {
-        self.by_resource.get(resource).unwrap_or(&self.general)
+    /// The policies that can apply to `resource`, for a principal no
+    /// scoped policy names.
+    fn resource_slice(&self, resource: Option<&EntityUid>) -> &PolicySet {
+        resource
+            .and_then(|r| self.by_resource.get(r))
+            .unwrap_or(&self.general)
+    }
+
+    /// The policies that can apply to an event of `principal` (with its
+    /// `ancestors` from the bundle's entities) on `resource`.
+    pub(crate) fn slice<'a>(
+        &'a self,
+        principal: Option<&EntityUid>,
+        ancestors: Option<&HashSet<EntityUid>>,
+        resource: Option<&EntityUid>,
+    ) -> Slice<'a> {
+        let scope_keys = principal.into_iter().chain(ancestors.into_iter().flatten());
+        let Some(principal) = principal else {
+            return Slice::Static(self.resource_slice(resource));
+        };
+        if self.by_principal.is_empty()
+            || !scope_keys
+                .clone()
+                .any(|k| self.by_principal.contains_key(k))
+        {
+            return Slice::Static(self.resource_slice(resource));
+        }
+        let named = resource.filter(|r| {
+            self.by_resource.contains_key(*r) || self.principal_resources.contains(*r)
+        });
+        let key = (principal.clone(), named.cloned());
+        if let Some(hit) = self.merged.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Slice::Merged(hit);
+        }
+        let mut set = self.resource_slice(named).clone();
+        for k in scope_keys {
+            for p in self.by_principal.get(k).into_iter().flatten() {
+                let applies = match p.resource_constraint() {
+                    ResourceConstraint::Eq(r) => named == Some(&r),
+                    _ => true,
+                };
+                // A policy reached through two keys is added once; ids are
+                // unique, so a second add only reports the duplicate.
+                if applies && set.policy(p.id()).is_none() {
+                    let _ = set.add(p.clone());
+                }
+            }
+        }
+        let set = Arc::new(set);
+        if let Ok(mut m) = self.merged.write()
+            && m.len() < MERGED_CAP
+        {
+            m.insert(key, Arc::clone(&set));
+        }
+        Slice::Merged(set)
     }
 }
 
@@ -672,12 +765,14 @@ pub(crate) fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
 
-/// Slices the policy set by action scope, then by exact resource scope. A
-/// policy lands in an action's slice when its action scope is unconstrained
-/// or names that action; a scope naming an action group Gatehouse does not
-/// know lands everywhere. Within an action, a `resource == R` policy is
-/// only in R's slice; every other policy is in every slice. So slicing
-/// never drops a policy that could apply.
+/// Slices the policy set by action scope, then by principal and exact
+/// resource scope. A policy lands in an action's slice when its action
+/// scope is unconstrained or names that action; a scope naming an action
+/// group Gatehouse does not know lands everywhere. Within an action, a
+/// policy whose principal scope names an entity is kept under that entity;
+/// of the rest, a `resource == R` policy is only in R's slice and every
+/// other policy is in every slice. So slicing never drops a policy that
+/// could apply.
 fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, ActionIndex> {
     let known: BTreeMap<EntityUid, &str> = ACTIONS
         .iter()
@@ -707,6 +802,17 @@ fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, ActionI
             let mut index = ActionIndex::default();
             let mut exact: HashMap<EntityUid, Vec<&Policy>> = HashMap::new();
             for p in &policies {
+                if let Some(scope) = principal_scope(p) {
+                    if let ResourceConstraint::Eq(r) = p.resource_constraint() {
+                        index.principal_resources.insert(r);
+                    }
+                    index
+                        .by_principal
+                        .entry(scope)
+                        .or_default()
+                        .push((*p).clone());
+                    continue;
+                }
                 match p.resource_constraint() {
                     ResourceConstraint::Eq(r) => exact.entry(r).or_default().push(p),
                     _ => {
@@ -725,4 +831,15 @@ fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, ActionI
             ((*action).to_owned(), index)
         })
         .collect()
+}
+
+/// The entity a policy's principal scope names, if it names one: the
+/// policy can only apply to that entity and to what is in it.
+fn principal_scope(p: &Policy) -> Option<EntityUid> {
+    match p.principal_constraint() {
+        PrincipalConstraint::Eq(e) | PrincipalConstraint::In(e) | PrincipalConstraint::IsIn(_, e) => {
+            Some(e)
+        }
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
+    }
 }

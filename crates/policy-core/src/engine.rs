@@ -8,7 +8,7 @@ use cedar_policy::{
     Request, RestrictedExpression,
 };
 
-use crate::bundle::{Bundle, FieldType, StoredEntity, uid};
+use crate::bundle::{Bundle, FieldType, Slice, StoredEntity, uid};
 use crate::decision::{Decision, ReasonCode, Verdict};
 use crate::event::{Event, EventKind, Usage};
 use crate::tools::{Target, targets_with, tool_groups};
@@ -79,7 +79,7 @@ pub struct Explanation {
 enum Prepared<'a> {
     Decided(Box<Decision>),
     Ready {
-        slice: &'a cedar_policy::PolicySet,
+        slice: Slice<'a>,
         req: Request,
         entities: Entities,
     },
@@ -101,24 +101,41 @@ impl Bundle {
     /// A tool call that touches several files (or URLs) is decided once per
     /// file: any DENY denies the call, else any ASK asks.
     pub(crate) fn cedar(&self, event: &Event, findings: &[String]) -> Decision {
+        self.cedar_over(event, findings, None)
+    }
+
+    /// `cedar`, over `all` instead of the index's slice when given (the
+    /// index's property test compares the two).
+    fn cedar_over(
+        &self,
+        event: &Event,
+        findings: &[String],
+        all: Option<&cedar_policy::PolicySet>,
+    ) -> Decision {
         let targets = match event_targets(event, self.uses_shell) {
             Ok(t) => t,
             Err(why) => return Decision::deny(ReasonCode::MalformedEvent, why, &self.hash),
         };
-        let decide = |target: &Target| match self.prepare(event, findings, target) {
+        let decide = |target: &Target| match self.prepare(event, findings, target, all) {
             Prepared::Decided(d) => *d,
             Prepared::Ready {
                 slice,
                 req,
                 entities,
-            } => self.interpret(&Authorizer::new().is_authorized(&req, slice, &entities)),
+            } => self.interpret(&Authorizer::new().is_authorized(&req, &slice, &entities)),
         };
         most_severe(&targets, decide, |d| d.verdict).unwrap_or_else(|| {
             Decision::deny(ReasonCode::PolicyError, "nothing to decide", &self.hash)
         })
     }
 
-    fn prepare(&self, event: &Event, findings: &[String], target: &Target) -> Prepared<'_> {
+    fn prepare<'a>(
+        &'a self,
+        event: &Event,
+        findings: &[String],
+        target: &Target,
+        all: Option<&'a cedar_policy::PolicySet>,
+    ) -> Prepared<'a> {
         let deny = |code, reason: String| {
             Prepared::Decided(Box::new(Decision::deny(code, reason, &self.hash)))
         };
@@ -144,11 +161,21 @@ impl Bundle {
             );
         };
         match self.request(event, action, findings, target) {
-            Ok((req, entities)) => Prepared::Ready {
-                slice: req.resource().map_or(&index.general, |r| index.slice(r)),
-                req,
-                entities,
-            },
+            Ok((req, entities)) => {
+                let principal = req.principal();
+                let ancestors = principal
+                    .and_then(|p| self.entities.get(p))
+                    .map(|e| &e.ancestors);
+                let slice = match all {
+                    Some(all) => Slice::Static(all),
+                    None => index.slice(principal, ancestors, req.resource()),
+                };
+                Prepared::Ready {
+                    slice,
+                    req,
+                    entities,
+                }
+            }
             Err(reason) => deny(ReasonCode::MalformedEvent, reason),
         }
     }
@@ -182,7 +209,7 @@ impl Bundle {
             errored: Vec::new(),
             decision: Decision::deny(ReasonCode::PolicyError, "", &self.hash),
         };
-        let (slice, req, entities) = match self.prepare(event, &[], target) {
+        let (slice, req, entities) = match self.prepare(event, &[], target, None) {
             Prepared::Decided(d) => {
                 out.decision = *d;
                 return out;
@@ -195,7 +222,7 @@ impl Bundle {
         };
         out.considered = slice.policies().map(|p| p.id().to_string()).collect();
         out.considered.sort();
-        let response = Authorizer::new().is_authorized(&req, slice, &entities);
+        let response = Authorizer::new().is_authorized(&req, &slice, &entities);
         out.decision = self.interpret(&response);
         // Each policy alone: which held, which errored (Cedar reports only
         // the policies of the winning effect).
@@ -1148,5 +1175,162 @@ when { resource has server && resource.server == "github" && context.input has t
         }])
         .expect_err("must fail parsing");
         assert_eq!(syntax.diagnostics[0].line, 2, "{}", syntax.diagnostics[0]);
+    }
+
+    /// The scope index (action, principal, resource) never changes a
+    /// decision: over generated bundles, entity hierarchies and events,
+    /// the sliced evaluation equals Cedar over every policy.
+    #[test]
+    fn scope_index_decides_as_the_full_policy_set() {
+        use std::fmt::Write as _;
+        use std::str::FromStr as _;
+        let agents = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+        let groups = ["g0", "g1", "g2", "g3"];
+        let tools = ["Bash", "Read", "Edit", "WebFetch", "mcp__gh__pr"];
+        let words = ["k0", "k1", "k2", "k3"];
+        for seed in 0..150u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            // Entities: a0..a5 in random groups (a6 and a7 are unknown),
+            // groups nested at random.
+            let mut entities = Vec::new();
+            for (i, g) in groups.iter().enumerate() {
+                let parents: Vec<serde_json::Value> = groups[..i]
+                    .iter()
+                    .filter(|_| rng.u8(..4) == 0)
+                    .map(|p| serde_json::json!({"type": "Gatehouse::Group", "id": p}))
+                    .collect();
+                entities.push(serde_json::json!({
+                    "uid": {"type": "Gatehouse::Group", "id": g},
+                    "attrs": {}, "parents": parents,
+                }));
+            }
+            for a in &agents[..6] {
+                let parents: Vec<serde_json::Value> = groups
+                    .iter()
+                    .filter(|_| rng.u8(..3) == 0)
+                    .map(|g| serde_json::json!({"type": "Gatehouse::Group", "id": g}))
+                    .collect();
+                entities.push(serde_json::json!({
+                    "uid": {"type": "Gatehouse::Agent", "id": a},
+                    "attrs": {}, "parents": parents,
+                }));
+            }
+            let mut text = String::new();
+            for i in 0..rng.usize(1..40) {
+                let effect = if rng.u8(..3) == 0 { "permit" } else { "forbid" };
+                let ask = if effect == "forbid" && rng.bool() {
+                    "@ask "
+                } else {
+                    ""
+                };
+                let principal = match rng.u8(..7) {
+                    0 | 1 => "principal".to_owned(),
+                    2 => format!(
+                        "principal == Gatehouse::Agent::\"{}\"",
+                        agents[rng.usize(..agents.len())]
+                    ),
+                    3 => format!(
+                        "principal in Gatehouse::Group::\"{}\"",
+                        groups[rng.usize(..groups.len())]
+                    ),
+                    4 => format!(
+                        "principal in Gatehouse::Agent::\"{}\"",
+                        agents[rng.usize(..agents.len())]
+                    ),
+                    5 => "principal is Gatehouse::Agent".to_owned(),
+                    _ => format!(
+                        "principal is Gatehouse::Agent in Gatehouse::Group::\"{}\"",
+                        groups[rng.usize(..groups.len())]
+                    ),
+                };
+                let action = match rng.u8(..4) {
+                    0 => "action",
+                    1 => "action in [Gatehouse::Action::\"call_tool\", Gatehouse::Action::\"install\"]",
+                    _ => "action == Gatehouse::Action::\"call_tool\"",
+                };
+                let resource = if rng.bool() {
+                    "resource".to_owned()
+                } else {
+                    format!(
+                        "resource == Gatehouse::Tool::\"{}\"",
+                        tools[rng.usize(..tools.len())]
+                    )
+                };
+                let condition = match rng.u8(..3) {
+                    0 => String::new(),
+                    1 => format!(
+                        " when {{ context.input has command && context.input.command like \"*{}*\" }}",
+                        words[rng.usize(..words.len())]
+                    ),
+                    _ => format!(
+                        " unless {{ context.input has command && context.input.command like \"*{}*\" }}",
+                        words[rng.usize(..words.len())]
+                    ),
+                };
+                let _ = writeln!(
+                    text,
+                    "@id(\"p{i}\") {ask}{effect}({principal}, {action}, {resource}){condition};"
+                );
+            }
+            let entities_json = serde_json::Value::Array(entities).to_string();
+            let b = bundle(&[("p.cedar", &text), ("entities.json", &entities_json)]);
+            // Every policy, under its @id as the bundle names it.
+            let parsed = cedar_policy::PolicySet::from_str(&text)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+            let all = cedar_policy::PolicySet::from_policies(parsed.policies().map(|p| {
+                let id = p.annotation("id").unwrap_or_default().to_owned();
+                p.new_id(cedar_policy::PolicyId::new(id))
+            }))
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            for _ in 0..40 {
+                let agent = agents[rng.usize(..agents.len())];
+                let tool = tools[rng.usize(..tools.len())];
+                let command: Vec<&str> = words.iter().copied().filter(|_| rng.bool()).collect();
+                let mut event = bash(agent, &command.join(" "));
+                if let EventKind::PreToolUse { tool_name, .. } = &mut event.kind {
+                    tool.clone_into(tool_name);
+                }
+                let sliced = b.cedar(&event, &[]);
+                let full = b.cedar_over(&event, &[], Some(&all));
+                assert_eq!(
+                    sliced, full,
+                    "seed {seed}: agent {agent}, tool {tool}, command {command:?}\n{text}\n{entities_json}"
+                );
+            }
+        }
+    }
+
+    /// Cedar only sees the policies whose principal scope can hold.
+    #[test]
+    fn principal_scoped_policies_are_only_considered_for_their_principals() {
+        let policies = r#"
+@id("all") permit(principal, action, resource);
+@id("alice") forbid(principal == Gatehouse::Agent::"alice", action, resource);
+@id("team") forbid(principal in Gatehouse::Group::"team", action, resource);
+@id("team-bash") forbid(principal in Gatehouse::Group::"org", action,
+    resource == Gatehouse::Tool::"Bash");
+"#;
+        let entities = r#"[
+ {"uid": {"type": "Gatehouse::Group", "id": "team"}, "attrs": {},
+  "parents": [{"type": "Gatehouse::Group", "id": "org"}]},
+ {"uid": {"type": "Gatehouse::Agent", "id": "bob"}, "attrs": {},
+  "parents": [{"type": "Gatehouse::Group", "id": "team"}]}
+]"#;
+        let b = bundle(&[("p.cedar", policies), ("entities.json", entities)]);
+        let considered = |agent: &str, tool: &str| {
+            let mut e = bash(agent, "ls");
+            if let EventKind::PreToolUse { tool_name, .. } = &mut e.kind {
+                tool.clone_into(tool_name);
+            }
+            b.explain(&e).considered
+        };
+        assert_eq!(considered("carol", "Bash"), ["all"]);
+        assert_eq!(considered("alice", "Bash"), ["alice", "all"]);
+        assert_eq!(considered("bob", "Bash"), ["all", "team", "team-bash"]);
+        assert_eq!(considered("bob", "Read"), ["all", "team"]);
+        // Twice, so the second comes from the merged-slice cache.
+        assert_eq!(considered("bob", "Bash"), ["all", "team", "team-bash"]);
+        assert_eq!(b.evaluate(&bash("bob", "ls")).verdict, Verdict::Deny);
+        assert_eq!(b.evaluate(&bash("carol", "ls")).verdict, Verdict::Allow);
     }
 }
