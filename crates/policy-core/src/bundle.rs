@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode,
-    ValidationWarning, Validator,
+    PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema,
+    SchemaFragment, ValidationMode, ValidationWarning, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -132,9 +132,8 @@ impl ActionIndex {
         {
             return Slice::Static(self.resource_slice(resource));
         }
-        let named = resource.filter(|r| {
-            self.by_resource.contains_key(*r) || self.principal_resources.contains(*r)
-        });
+        let named = resource
+            .filter(|r| self.by_resource.contains_key(*r) || self.principal_resources.contains(*r));
         let key = (principal.clone(), named.cloned());
         if let Some(hit) = self.merged.read().ok().and_then(|m| m.get(&key).cloned()) {
             return Slice::Merged(hit);
@@ -375,16 +374,16 @@ impl Bundle {
 
         let types = type_names();
         let by_action = index_by_action(&all, &types);
-        // What the policies can read, from their JSON form (comments and
-        // spacing gone; `context.shell`, `context["shell"]` and `context has
-        // shell` all name the attribute as the string "shell"). A string
-        // literal "shell" only makes this true needlessly, never false.
-        let policy_json: Vec<String> = all
-            .iter()
-            .filter_map(|p| p.to_json().ok().map(|j| j.to_string()))
-            .collect();
-        let uses_shell = policy_json.iter().any(|j| j.contains("\"shell\""));
-        let uses_tool_groups = policy_json.iter().any(|j| j.contains("ToolGroup"))
+        // What the policies can read, from their source. Cedar has no
+        // computed attribute names, so `context.shell`, `context["shell"]`
+        // and `context has shell` all spell the word, unless a string
+        // escape spells it: any `\\` in a policy file counts as a use. A
+        // comment or a string that says "shell" only makes this true
+        // needlessly, never false. Type names have no escapes.
+        let cedar_text = || files.iter().filter(|f| f.path.ends_with(".cedar"));
+        let uses_shell =
+            cedar_text().any(|f| f.content.contains("shell") || f.content.contains('\\'));
+        let uses_tool_groups = cedar_text().any(|f| f.content.contains("ToolGroup"))
             || files
                 .iter()
                 .any(|f| f.path == ENTITIES_FILE && f.content.contains("ToolGroup"));
@@ -512,14 +511,16 @@ fn compile_schema(
             return None;
         }
     };
-    let main = if servers.is_empty() {
-        SchemaFragment::from_cedarschema_str(text).ok()?.0
-    } else {
-        let declared = declared_fields(&json, "ToolInput").unwrap_or_default();
-        let errors = crate::mcp::extend_tool_input(&mut json, NAMESPACE, servers, &declared);
-        if !errors.is_empty() {
-            diags.extend(errors.into_iter().map(|(f, m)| whole_file(&f, m)));
-            return None;
+    // The text is parsed once: its JSON form (extended with MCP arguments)
+    // is what the schema is built from, at a seventh of the cost.
+    let main = {
+        if !servers.is_empty() {
+            let declared = declared_fields(&json, "ToolInput").unwrap_or_default();
+            let errors = crate::mcp::extend_tool_input(&mut json, NAMESPACE, servers, &declared);
+            if !errors.is_empty() {
+                diags.extend(errors.into_iter().map(|(f, m)| whole_file(&f, m)));
+                return None;
+            }
         }
         match SchemaFragment::from_json_value(json.clone()) {
             Ok(f) => f,
@@ -540,7 +541,22 @@ fn compile_schema(
     match Schema::from_schema_fragments([main, matchers]) {
         Ok(schema) => Some((schema, json)),
         Err(e) => {
-            diags.push(from_miette(file, text, &e, "schema: "));
+            // Errors carry source locations only from the text form, so
+            // the text is built again to report them where they are.
+            let located = servers
+                .is_empty()
+                .then(|| {
+                    let (text_main, _) = SchemaFragment::from_cedarschema_str(text).ok()?;
+                    let (matchers, _) = SchemaFragment::from_cedarschema_str(&generated).ok()?;
+                    Schema::from_schema_fragments([text_main, matchers]).err()
+                })
+                .flatten();
+            diags.push(from_miette(
+                file,
+                text,
+                located.as_ref().unwrap_or(&e),
+                "schema: ",
+            ));
             None
         }
     }
@@ -837,9 +853,9 @@ fn index_by_action(all: &[Policy], types: &TypeNames) -> HashMap<String, ActionI
 /// policy can only apply to that entity and to what is in it.
 fn principal_scope(p: &Policy) -> Option<EntityUid> {
     match p.principal_constraint() {
-        PrincipalConstraint::Eq(e) | PrincipalConstraint::In(e) | PrincipalConstraint::IsIn(_, e) => {
-            Some(e)
-        }
+        PrincipalConstraint::Eq(e)
+        | PrincipalConstraint::In(e)
+        | PrincipalConstraint::IsIn(_, e) => Some(e),
         PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
     }
 }

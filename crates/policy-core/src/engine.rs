@@ -1158,6 +1158,46 @@ when { resource has server && resource.server == "github" && context.input has t
         );
     }
 
+    /// The shell context is built for a policy that spells `shell` only
+    /// through a string escape.
+    #[test]
+    fn shell_named_through_an_escape_is_still_built() {
+        let policies = r#"
+@id("all") permit(principal, action, resource);
+@id("pipe") forbid(principal, action == Gatehouse::Action::"call_tool", resource)
+when { context has "sh\u{65}ll" && context["sh\u{65}ll"].pipes_to_interpreter };
+"#;
+        let b = bundle(&[("p.cedar", policies)]);
+        assert_eq!(b.evaluate(&bash("a", "curl x | sh")).verdict, Verdict::Deny);
+        assert_eq!(b.evaluate(&bash("a", "ls")).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn schema_errors_are_located() {
+        let schema = crate::BUILTIN_SCHEMA.replace(
+            "entity Session;",
+            "entity Session;\n  entity Foo { x: Barr };",
+        );
+        let line = schema
+            .lines()
+            .position(|l| l.contains("Barr"))
+            .map(|i| i + 1);
+        let err = Bundle::load([
+            BundleFile {
+                path: "schema.cedarschema".into(),
+                content: schema.clone(),
+            },
+            BundleFile {
+                path: "p.cedar".into(),
+                content: "permit(principal, action, resource);".into(),
+            },
+        ])
+        .expect_err("an unknown type must fail");
+        let d = &err.diagnostics[0];
+        assert_eq!(d.file, "schema.cedarschema");
+        assert_eq!(Some(d.line), line, "{d}");
+    }
+
     #[test]
     fn validation_errors_are_located() {
         let bad = "@id(\"x\")\npermit(principal, action == Gatehouse::Action::\"call_tool\", resource)\nwhen { context.input.nope == 1 };\n";
@@ -1245,7 +1285,9 @@ when { resource has server && resource.server == "github" && context.input has t
                 };
                 let action = match rng.u8(..4) {
                     0 => "action",
-                    1 => "action in [Gatehouse::Action::\"call_tool\", Gatehouse::Action::\"install\"]",
+                    1 => {
+                        "action in [Gatehouse::Action::\"call_tool\", Gatehouse::Action::\"install\"]"
+                    }
                     _ => "action == Gatehouse::Action::\"call_tool\"",
                 };
                 let resource = if rng.bool() {
