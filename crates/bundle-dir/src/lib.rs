@@ -3,12 +3,17 @@
 //! (its bundle) and the client (its bootstrap bundle). It reads a bundle as
 //! one snapshot (through a Kubernetes `..data` or directory symlink,
 //! resolved once) and checks it against the bundle's manifest
-//! (`bundle.lock`) when there is one. It must never interpret the files:
-//! validation is policy-core's.
+//! (`bundle.lock`) when there is one, and keeps the compiled-bundle cache
+//! (`cache`). It must never interpret the files: validation is
+//! policy-core's.
+
+mod cache;
 
 use std::path::{Path, PathBuf};
 
 use policy_core::BundleFile;
+
+pub use self::cache::{CACHE_DIR, CacheUse, LoadError, load_cached};
 
 /// A bundle directory that could not be read.
 #[derive(Debug, thiserror::Error)]

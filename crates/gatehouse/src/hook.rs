@@ -33,6 +33,11 @@ pub(crate) struct HookArgs {
     /// alone, when no relay or server is given).
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// Load --policies without the compiled-bundle cache
+    /// (DIR/.gatehouse-cache, used only when no one but the bundle's
+    /// writers can write it).
+    #[arg(long)]
+    no_bundle_cache: bool,
     /// The principal [default: the agent's name, e.g. claude-code].
     #[arg(long = "as", alias = "agent")]
     principal: Option<String>,
@@ -159,12 +164,11 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
         // One snapshot, checked against bundle.lock when there is one: a
         // bundle being rewritten is refused (and the hook fails closed)
         // rather than read half-written.
-        let local = bundle_dir::read_snapshot(dir)
-            .map(|s| s.files)
-            .map_err(|e| e.to_string())
-            .and_then(|files| policy_core::Bundle::load(files).map_err(|e| e.to_string()));
+        // A compiled entry for exactly these files skips the schema parse
+        // and validation (see bundle_dir::load_cached).
+        let local = bundle_dir::load_cached(dir, !args.no_bundle_cache);
         match local {
-            Ok(bundle) => {
+            Ok((_, bundle, _)) => {
                 let decided_by = if errors.is_empty() {
                     "in_process"
                 } else {

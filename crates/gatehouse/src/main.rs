@@ -138,6 +138,15 @@ fn bundle_lock(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         files.len(),
         dir.join(bundle_dir::MANIFEST).display()
     );
+    // Compile it for `gatehouse hook --policies`, as whoever may write it.
+    if let Ok((_, _, bundle_dir::CacheUse::Miss | bundle_dir::CacheUse::Hit)) =
+        bundle_dir::load_cached(dir, true)
+    {
+        println!(
+            "compiled into {}",
+            dir.join(bundle_dir::CACHE_DIR).display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

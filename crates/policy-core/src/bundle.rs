@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    ActionConstraint, Effect, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema,
+    ActionConstraint, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PolicyId, PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema,
     SchemaFragment, ValidationMode, ValidationWarning, Validator,
 };
 use sha2::{Digest, Sha256};
@@ -205,14 +205,108 @@ pub struct Bundle {
     /// Some policy or entity names `ToolGroup` (so tools get their
     /// built-in groups as parents).
     pub(crate) uses_tool_groups: bool,
+    /// The schema's fragments in JSON form (the bundle's or the built-in
+    /// one with MCP arguments, then the matchers), for `compiled`.
+    pub(crate) schema_json: Vec<serde_json::Value>,
+}
+
+/// Version of [`CompiledBundle`]'s form; an entry of another is ignored.
+pub const COMPILED_FORMAT: u32 = 1;
+
+/// What a successful load established about a bundle's files, so that a
+/// later load of the same files (same hash) can skip parsing the schema
+/// text and validating the policies. Whoever stores it must store it where
+/// only those who may write the bundle can write: it is trusted as the
+/// bundle's own (see `bundle_dir::load_cached`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CompiledBundle {
+    pub format: u32,
+    /// The content hash of the files it was made from.
+    pub hash: String,
+    /// The schema's fragments, in JSON form.
+    pub schema: Vec<serde_json::Value>,
+    /// The load's warnings.
+    pub warnings: Vec<Diagnostic>,
+    /// `entities.json` as parsed against the schema, in Cedar's explicit
+    /// JSON form (entity references and extension values spelled out), so
+    /// that it parses to the same entities without the schema.
+    pub entities: serde_json::Value,
+    /// SHA-256 over everything above: an entry damaged on disk (but still
+    /// JSON) is not used.
+    pub digest: String,
+}
+
+impl CompiledBundle {
+    fn compute_digest(&self) -> String {
+        let body = serde_json::json!([
+            self.format,
+            self.hash,
+            self.schema,
+            self.warnings,
+            self.entities
+        ]);
+        hex::encode(Sha256::digest(body.to_string().as_bytes()))
+    }
 }
 
 impl Bundle {
     /// Validates and compiles a bundle from its files.
     pub fn load(files: impl IntoIterator<Item = BundleFile>) -> Result<Self, BundleError> {
+        Self::load_inner(files, None)
+    }
+
+    /// Compiles a bundle whose files an earlier load already validated, as
+    /// `compiled` records: the schema is not built (nothing after
+    /// validation needs it: the context's fields come from its JSON form and
+    /// the entities from their explicit form) and the policies are not
+    /// validated again. When `compiled` is of other files (another hash),
+    /// of another format, damaged (its digest does not match) or does not
+    /// serve, this is `load`.
+    pub fn load_compiled(
+        files: impl IntoIterator<Item = BundleFile>,
+        compiled: &CompiledBundle,
+    ) -> Result<Self, BundleError> {
+        let files: Vec<BundleFile> = files.into_iter().collect();
+        // An entry that does not serve is no reason to refuse valid files.
+        Self::load_inner(files.clone(), Some(compiled)).or_else(|_| Self::load_inner(files, None))
+    }
+
+    /// What this load established, for `load_compiled`.
+    pub fn compiled(&self) -> CompiledBundle {
+        let mut c = CompiledBundle {
+            format: COMPILED_FORMAT,
+            hash: self.hash.clone(),
+            schema: self.schema_json.clone(),
+            warnings: self.warnings.clone(),
+            entities: self.entities_json(),
+            digest: String::new(),
+        };
+        c.digest = c.compute_digest();
+        c
+    }
+
+    /// The bundle's entities in Cedar's explicit JSON form.
+    fn entities_json(&self) -> serde_json::Value {
+        let entities = self.entities.iter().filter_map(|(uid, e)| {
+            Entity::new(uid.clone(), e.attrs.clone(), e.ancestors.clone()).ok()
+        });
+        Entities::from_entities(entities, None)
+            .ok()
+            .and_then(|e| e.to_json_value().ok())
+            .unwrap_or_else(|| serde_json::Value::Array(Vec::new()))
+    }
+
+    fn load_inner(
+        files: impl IntoIterator<Item = BundleFile>,
+        prior: Option<&CompiledBundle>,
+    ) -> Result<Self, BundleError> {
         let mut files: Vec<BundleFile> = files.into_iter().collect();
         files.sort();
         let hash = content_hash(&files);
+        // A prior compilation of exactly these files, whose schema builds.
+        let prior = prior.filter(|c| {
+            c.format == COMPILED_FORMAT && c.hash == hash && c.digest == c.compute_digest()
+        });
         let mut diags = Vec::new();
         let mut warnings = Vec::new();
 
@@ -250,7 +344,11 @@ impl Bundle {
                 }
             }
         }
-        let compiled = compile_schema(schema_file, schema_text, &config, &servers, &mut diags);
+        let compiled = match prior {
+            Some(c) => Some((None, c.schema.clone())),
+            None => compile_schema(schema_file, schema_text, &config, &servers, &mut diags)
+                .map(|(schema, json)| (Some(schema), json)),
+        };
 
         // Policies, each re-keyed by its @id.
         let mut policies = HashMap::new();
@@ -294,10 +392,15 @@ impl Bundle {
         let mut entities = HashMap::new();
         let mut input_fields = Vec::new();
         let mut metadata_fields = Vec::new();
-        if let Some((schema, fragment_json)) = &compiled {
-            // Strict validation of every policy against the schema.
-            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
-            for err in result.validation_errors() {
+        if let Some((schema, fragments)) = &compiled {
+            let fragment_json = fragments.first().unwrap_or(&serde_json::Value::Null);
+            // Strict validation of every policy against the schema, unless
+            // these files were validated before.
+            let result = schema.as_ref().map(|schema| {
+                Validator::new(schema.clone()).validate(&set, ValidationMode::Strict)
+            });
+            let errors = result.iter().flat_map(|r| r.validation_errors());
+            for err in errors {
                 let info = policies.get(err.policy_id());
                 let (file, text) = locate(&files, info);
                 diags.push(from_miette(
@@ -311,7 +414,7 @@ impl Bundle {
                 Ok(f) => input_fields = f,
                 Err(msg) => diags.push(whole_file(schema_file, msg)),
             }
-            for warn in result.validation_warnings() {
+            for warn in result.iter().flat_map(|r| r.validation_warnings()) {
                 let info = policies.get(warn.policy_id());
                 let (file, text) = locate(&files, info);
                 let never_applies = matches!(
@@ -357,11 +460,20 @@ impl Bundle {
                 Ok(f) => metadata_fields = f,
                 Err(msg) => diags.push(whole_file(schema_file, msg)),
             }
-            if let Some(f) = files.iter().find(|f| f.path == ENTITIES_FILE) {
-                match Entities::from_json_str(&f.content, Some(schema)) {
-                    Ok(parsed) => entities = flatten_entities(parsed),
-                    Err(e) => diags.push(from_miette(&f.path, &f.content, &e, "")),
+            match (schema, prior) {
+                (Some(schema), _) => {
+                    if let Some(f) = files.iter().find(|f| f.path == ENTITIES_FILE) {
+                        match Entities::from_json_str(&f.content, Some(schema)) {
+                            Ok(parsed) => entities = flatten_entities(parsed),
+                            Err(e) => diags.push(from_miette(&f.path, &f.content, &e, "")),
+                        }
+                    }
                 }
+                (None, Some(c)) => match Entities::from_json_value(c.entities.clone(), None) {
+                    Ok(parsed) => entities = flatten_entities(parsed),
+                    Err(e) => diags.push(whole_file(ENTITIES_FILE, format!("compiled: {e}"))),
+                },
+                (None, None) => {}
             }
         }
 
@@ -372,6 +484,10 @@ impl Bundle {
             });
         }
 
+        if let Some(c) = prior {
+            warnings.clone_from(&c.warnings);
+        }
+        let schema_json = compiled.map(|(_, json)| json).unwrap_or_default();
         let types = type_names();
         let by_action = index_by_action(&all, &types);
         // What the policies can read, from their source. Cedar has no
@@ -401,6 +517,7 @@ impl Bundle {
             types,
             config,
             warnings,
+            schema_json,
         })
     }
 
@@ -496,7 +613,7 @@ fn compile_schema(
     config: &BundleConfig,
     servers: &BTreeMap<String, (String, crate::mcp::McpServer)>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<(Schema, serde_json::Value)> {
+) -> Option<(Schema, Vec<serde_json::Value>)> {
     let fragment = match SchemaFragment::from_cedarschema_str(text) {
         Ok((fragment, _warnings)) => fragment,
         Err(e) => {
@@ -531,15 +648,23 @@ fn compile_schema(
         }
     };
     let generated = crate::config::matchers_schema(config);
-    let matchers = match SchemaFragment::from_cedarschema_str(&generated) {
-        Ok((f, _)) => f,
+    let matchers = SchemaFragment::from_cedarschema_str(&generated)
+        .map_err(|e| e.to_string())
+        .and_then(|(f, _)| f.to_json_value().map_err(|e| e.to_string()));
+    let (matchers, matchers_json) = match matchers.and_then(|j| {
+        Ok((
+            SchemaFragment::from_json_value(j.clone()).map_err(|e| e.to_string())?,
+            j,
+        ))
+    }) {
+        Ok(m) => m,
         Err(e) => {
             diags.push(whole_file(CONFIG_FILE, format!("matchers: {e}")));
             return None;
         }
     };
     match Schema::from_schema_fragments([main, matchers]) {
-        Ok(schema) => Some((schema, json)),
+        Ok(schema) => Some((schema, vec![json, matchers_json])),
         Err(e) => {
             // Errors carry source locations only from the text form, so
             // the text is built again to report them where they are.
@@ -596,7 +721,8 @@ fn parse_policy_file(
     });
     for (index, policy) in parsed.into_iter().enumerate() {
         let id = policy
-            .annotation("id")
+            .annotations()
+            .find_map(|(k, v)| (k == "id").then_some(v))
             .map_or_else(|| format!("{}#{index}", file.path), str::to_owned);
         if let Some(prev) = seen_ids.insert(id.clone(), file.path.clone()) {
             diags.push(whole_file(
@@ -605,7 +731,9 @@ fn parse_policy_file(
             ));
             continue;
         }
-        let ask = policy.annotation("ask").is_some();
+        // By iterating: `Policy::annotation` parses its key as an
+        // identifier, with a lexer built per call.
+        let ask = policy.annotations().any(|(k, _)| k == "ask");
         if ask && policy.effect() == Effect::Permit {
             diags.push(whole_file(
                 &file.path,
@@ -619,7 +747,9 @@ fn parse_policy_file(
                 file: file.path.clone(),
                 effect: policy.effect(),
                 ask,
-                reason: policy.annotation("reason").map(str::to_owned),
+                reason: policy
+                    .annotations()
+                    .find_map(|(k, v)| (k == "reason").then(|| v.to_owned())),
             },
         );
         all.push(policy.new_id(pid));

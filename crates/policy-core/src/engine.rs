@@ -1375,4 +1375,57 @@ when { context has "sh\u{65}ll" && context["sh\u{65}ll"].pipes_to_interpreter };
         assert_eq!(b.evaluate(&bash("bob", "ls")).verdict, Verdict::Deny);
         assert_eq!(b.evaluate(&bash("carol", "ls")).verdict, Verdict::Allow);
     }
+
+    /// A compiled load decides as a full load, and is only used for the
+    /// files it was made from.
+    #[test]
+    fn compiled_bundle_loads_as_the_full_load() {
+        let files = |extra: &str| {
+            let policies = format!(
+                "{BASE}\n@id(\"ops\") forbid(principal, action, resource) when {{ context.matchers.ops }};\n\
+                 @id(\"ops-team\") @ask forbid(principal in Gatehouse::Group::\"ops\", action, resource) \
+                 when {{ context.input has command && context.input.command like \"ls*\" }};\n{extra}"
+            );
+            let entities = r#"[{"uid": {"type": "Gatehouse::Agent", "id": "bob"}, "attrs": {},
+                "parents": [{"type": "Gatehouse::Group", "id": "ops"}]}]"#;
+            vec![
+                BundleFile {
+                    path: "base.cedar".into(),
+                    content: policies,
+                },
+                BundleFile {
+                    path: "entities.json".into(),
+                    content: entities.into(),
+                },
+                BundleFile {
+                    path: "bundle.toml".into(),
+                    content:
+                        "[matchers.ops]\nfield = \"channel_id\"\nop = \"eq\"\nvalue = \"C-ops\"\n"
+                            .into(),
+                },
+            ]
+        };
+        let full = Bundle::load(files("")).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = full.compiled();
+        let again = Bundle::load_compiled(files(""), &compiled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.hash(), full.hash());
+        assert_eq!(again.warnings(), full.warnings());
+        for agent in ["a", "bob"] {
+            for cmd in ["ls", "rm -rf /", "git push origin", "git push --force"] {
+                let e = bash(agent, cmd);
+                assert_eq!(again.evaluate(&e), full.evaluate(&e));
+            }
+        }
+        assert_eq!(again.evaluate(&bash("bob", "ls")).verdict, Verdict::Ask);
+        // Other files: the entry is ignored, so validation still runs.
+        let bad = "@id(\"bad\") forbid(principal, action == Gatehouse::Action::\"call_tool\", resource) when { context.input.nope == 1 };";
+        assert!(Bundle::load_compiled(files(bad), &compiled).is_err());
+        // A damaged entry (its digest no longer matches) is ignored too:
+        // with this schema `command` would go unseen and no-rm would never
+        // apply.
+        let mut broken = compiled.clone();
+        broken.schema = vec![serde_json::json!({"Gatehouse": 1})];
+        let b = Bundle::load_compiled(files(""), &broken).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.evaluate(&bash("a", "rm -rf /")).verdict, Verdict::Deny);
+    }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One problem in a bundle, located in its file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     /// Path of the file, relative to the bundle directory.
     pub file: String,

@@ -24,7 +24,9 @@ pub mod proto;
 mod shell;
 mod tools;
 
-pub use self::bundle::{BUILTIN_SCHEMA, Bundle, BundleFile, NAMESPACE, content_hash};
+pub use self::bundle::{
+    BUILTIN_SCHEMA, Bundle, BundleFile, COMPILED_FORMAT, CompiledBundle, NAMESPACE, content_hash,
+};
 pub use self::config::{DEFAULT_MAX_LIMIT_KEYS, KeyPart};
 pub use self::controls::{Controls, Grant, Grants, Revocations, approval_id};
 pub use self::decision::{Decision, ReasonCode, Verdict};
