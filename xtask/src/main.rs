@@ -12,7 +12,11 @@ tasks:
                 `gatehouse test` on every example bundle, fuzz smoke
   test          every test (cargo nextest when installed, else cargo test)
   conformance   the conformance corpus on every path
-  bench         latency and throughput on every path -> docs/benchmarks.md
+  bench         latency and throughput on every path, and instructions per
+                decision (callgrind) -> docs/benchmarks.md
+  bench --check instructions per decision against tests/icount/baseline.txt:
+                fails when one grew more than 10%
+  bench --bless rewrites tests/icount/baseline.txt from this machine
   soak [SECS]   the release server at full load for SECS (600) with audit
                 rotation and retention: disk use per decision and its bound
   fuzz --smoke  every cargo fuzz target briefly over its committed corpus
@@ -25,7 +29,9 @@ fn main() -> ExitCode {
         "test" => test(),
         "conformance" => python_client().and_then(|()| conformance()),
         // The relay and hook rows run the release `gatehouse` binary.
-        "bench" => bench(&[]),
+        "bench" if std::env::args().any(|a| a == "--check") => icount_check(),
+        "bench" if std::env::args().any(|a| a == "--bless") => icount_bless(),
+        "bench" => bench(&[]).and_then(|()| icount_report()),
         "soak" => {
             let secs = std::env::args().nth(2).unwrap_or_else(|| "600".into());
             bench(&["--soak", &secs])
@@ -109,7 +115,7 @@ fn conformance() -> Result<(), String> {
 /// Sets up the Python conformance client (grpcio from PyPI) unless it is
 /// there already. Failing is fatal only when GATEHOUSE_REQUIRE_PYTHON is set.
 fn python_client() -> Result<(), String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace_root();
     if root.join("tests/python/.venv/bin/python").exists() {
         return Ok(());
     }
@@ -142,7 +148,188 @@ fn ci() -> Result<(), String> {
     test()?;
     conformance()?;
     bundle_tests()?;
+    icount_check()?;
     fuzz(true)
+}
+
+/// The icount workloads and their iteration counts (N; each also runs 2N).
+const ICOUNT_WORKLOADS: [(&str, &str, u64); 3] = [
+    ("pre", "in-process pre decision, quickstart", 200),
+    (
+        "post",
+        "in-process post decision, 4 KiB output, quickstart",
+        100,
+    ),
+    (
+        "audit",
+        "one audit append (SQLite WAL, group commit of one)",
+        200,
+    ),
+];
+
+/// Largest growth `bench --check` accepts, in percent.
+const ICOUNT_TOLERANCE: f64 = 10.0;
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn icount_baseline_path() -> std::path::PathBuf {
+    workspace_root().join("tests/icount/baseline.txt")
+}
+
+/// Instructions per iteration of each workload: its release binary under
+/// callgrind with N and with 2N iterations, (I(2N) - I(N)) / N, so that
+/// start-up and set-up cancel out.
+fn icount() -> Result<Vec<(&'static str, &'static str, u64)>, String> {
+    ensure_valgrind()?;
+    cargo(&["build", "--release", "-p", "gatehouse-icount"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let bin = target.join("release/gatehouse-icount");
+    let scratch = std::env::temp_dir().join(format!("gatehouse-icount-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let collected = |what: &str, n: u64| -> Result<u64, String> {
+        let out_file = scratch.join(format!("callgrind.{what}.{n}"));
+        let out = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&bin)
+            .args([what, &n.to_string()])
+            .output()
+            .map_err(|e| format!("cannot run valgrind: {e}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("gatehouse-icount {what} {n} failed:\n{stderr}"));
+        }
+        stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no instruction count from callgrind:\n{stderr}"))
+    };
+    let mut rows = Vec::new();
+    for (what, label, n) in ICOUNT_WORKLOADS {
+        let one = collected(what, n)?;
+        let two = collected(what, 2 * n)?;
+        rows.push((what, label, two.saturating_sub(one) / n));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(rows)
+}
+
+/// valgrind from the distribution's packages when it is missing.
+fn ensure_valgrind() -> Result<(), String> {
+    let has = |cmd: &str| {
+        Command::new(cmd)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("valgrind") {
+        return Ok(());
+    }
+    eprintln!("$ apt-get install -y valgrind");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "valgrind"])
+        .status()
+        .is_ok_and(|s| s.success())
+        || (Command::new("apt-get")
+            .arg("update")
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "valgrind"])
+                .status()
+                .is_ok_and(|s| s.success()));
+    if ok && has("valgrind") {
+        Ok(())
+    } else {
+        Err("valgrind is required for instruction counts and could not be installed".into())
+    }
+}
+
+fn read_baseline() -> Result<Vec<(String, u64)>, String> {
+    let path = icount_baseline_path();
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            match (parts.next(), parts.next().and_then(|v| v.parse().ok())) {
+                (Some(name), Some(count)) => Ok((name.to_owned(), count)),
+                _ => Err(format!("{}: bad line `{l}`", path.display())),
+            }
+        })
+        .collect()
+}
+
+/// Fails when a workload's instructions per iteration grew more than
+/// ICOUNT_TOLERANCE percent over the committed baseline.
+fn icount_check() -> Result<(), String> {
+    let baseline = read_baseline()?;
+    let rows = icount()?;
+    let mut failed = Vec::new();
+    for (what, label, now) in &rows {
+        let Some((_, base)) = baseline.iter().find(|(n, _)| n == what) else {
+            failed.push(format!(
+                "{what}: not in the baseline (run `cargo xtask bench --bless`)"
+            ));
+            continue;
+        };
+        let change = (*now as f64 - *base as f64) / (*base as f64).max(1.0) * 100.0;
+        eprintln!(
+            "icount {what:<6} {now:>10} instructions (baseline {base}, {change:+.1}%)  {label}"
+        );
+        if change > ICOUNT_TOLERANCE {
+            failed.push(format!(
+                "{what}: {now} instructions per iteration, {change:+.1}% over the baseline {base}"
+            ));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "instruction counts regressed:\n  {}",
+            failed.join("\n  ")
+        ))
+    }
+}
+
+fn icount_bless() -> Result<(), String> {
+    let rows = icount()?;
+    let mut text = String::from(
+        "# Instructions per iteration of each gatehouse-icount workload (release,\n\
+         # callgrind), the baseline `cargo xtask bench --check` compares against.\n\
+         # Rewrite with `cargo xtask bench --bless` after an intended change.\n",
+    );
+    for (what, label, count) in &rows {
+        text.push_str(&format!("{what} {count}  # {label}\n"));
+    }
+    let path = icount_baseline_path();
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Appends the instruction counts to docs/benchmarks.md.
+fn icount_report() -> Result<(), String> {
+    let rows = icount()?;
+    let path = workspace_root().join("docs/benchmarks.md");
+    let mut md = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    md.push_str(
+        "\n## Instructions per decision (callgrind)\n\n\
+         Counted by `cargo xtask bench` under `valgrind --tool=callgrind` (release build), as\n\
+         (I(2N) - I(N)) / N so that start-up cancels out; every thread is counted. CI runs\n\
+         `cargo xtask bench --check` against `tests/icount/baseline.txt`.\n\n\
+         | workload | instructions |\n|---|---:|\n",
+    );
+    for (_, label, count) in &rows {
+        md.push_str(&format!("| {label} | {count} |\n"));
+    }
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The cargo fuzz targets in `fuzz/`, in the order they run.
@@ -152,7 +339,7 @@ const FUZZ_TARGETS: [&str; 5] = ["shell_parser", "frames", "adapters", "bundle",
 /// each. New inputs go to a scratch directory; the committed corpora are
 /// only read.
 fn fuzz(smoke: bool) -> Result<(), String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace_root();
     let nightly = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--version"])
         .output()
@@ -196,7 +383,7 @@ fn fuzz(smoke: bool) -> Result<(), String> {
 
 /// `gatehouse test` on every example bundle that ships tests.
 fn bundle_tests() -> Result<(), String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace_root();
     let examples = root.join("examples");
     let mut dirs: Vec<_> = std::fs::read_dir(&examples)
         .map_err(|e| format!("reading {}: {e}", examples.display()))?
