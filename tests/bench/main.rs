@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse_tests::{TestServer, workspace_root};
+mod remote;
+
+use gatehouse_tests::workspace_root;
 use hook_proto::v1;
 use policy_core::proto::event_to_proto;
 use policy_core::{Bundle, BundleFile, Event, EventKind};
@@ -404,7 +406,7 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
 
 /// The relay's HTTP hook path and the `gatehouse hook` process, measured
 /// against a relay process started from the release binary.
-fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
+fn relay_rows(scale: usize, org50: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     use std::io::{BufRead, BufReader, Read, Write};
     let exe = workspace_root().join("target/release/gatehouse");
     anyhow::ensure!(
@@ -511,6 +513,49 @@ fn relay_rows(scale: usize) -> anyhow::Result<Vec<Row>> {
         lat,
         note: "spawn + relay socket round trip".into(),
     });
+    // Whole-process time of the hook deciding alone with --policies on the
+    // 50-policy bundle: with the compiled cache (warmed by a first call),
+    // and without it.
+    let hook_body = body.replace("\"session_id\":\"bench\"", "\"session_id\":\"bench-hook\"");
+    for (name, extra) in [
+        ("`gatehouse hook claude-code --policies`, 50 policies", None),
+        (
+            "`gatehouse hook claude-code --policies`, 50 policies, no cache",
+            Some("--no-bundle-cache"),
+        ),
+    ] {
+        let run = || -> anyhow::Result<Duration> {
+            let t = Instant::now();
+            let mut c = std::process::Command::new(&exe);
+            c.args(["hook", "claude-code", "--as", "bench-agent", "--policies"])
+                .arg(org50)
+                .args(extra)
+                // No relay answers for it.
+                .env("GATEHOUSE_SOCKET", dir.path().join("none.sock"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null());
+            let mut c = c.spawn()?;
+            c.stdin
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("stdin"))?
+                .write_all(hook_body.as_bytes())?;
+            anyhow::ensure!(c.wait()?.success(), "hook failed");
+            Ok(t.elapsed())
+        };
+        run()?;
+        let mut lat = Vec::with_capacity(n);
+        let start = Instant::now();
+        for _ in 0..n {
+            lat.push(run()?);
+        }
+        rows.push(Row {
+            name: name.into(),
+            n,
+            wall: start.elapsed(),
+            lat,
+            note: "spawn + load + decide, no relay".into(),
+        });
+    }
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
@@ -692,6 +737,12 @@ fn soak(secs: u64, segment_mb: u64, retain: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--floor") {
+        return remote::serve_floor(&args[i + 1..]);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        return remote::run_load(&args[i + 1..]);
+    }
     if let Some(i) = args.iter().position(|a| a == "--soak") {
         let num = |flag: &str, default: u64| {
             args.iter()
@@ -854,39 +905,17 @@ fn main() -> anyhow::Result<()> {
             note: "quickstart".into(),
         });
 
-        let server =
-            TestServer::start(&workspace_root().join("examples/quickstart"), |_| {}).await?;
-        let url = server.url();
-        let n = 20_000 / scale;
-        rows.push(stream_bench("stream, 1 stream, sequential", &url, 1, 1, n / 2).await?);
-        rows.push(unary_bench("unary, sequential", &url, 1, n / 2).await?);
-        rows.push(stream_bench("stream, 1 stream, 64 in flight", &url, 1, 64, n * 2).await?);
-        rows.push(unary_bench("unary, 64 concurrent", &url, 64, n * 2).await?);
-        rows.push(stream_bench("stream, 100 streams", &url, 100, 1, n * 2).await?);
-        rows.push(unary_bench("unary, 100 concurrent", &url, 100, n * 2).await?);
-        rows.push(
-            post_stream(
-                "post event via stream, 4 KiB",
-                &url,
-                4 * 1024,
-                2_000 / scale,
-            )
-            .await?,
-        );
-        rows.push(
-            post_stream(
-                "post event via stream, 256 KiB",
-                &url,
-                256 * 1024,
-                300 / scale,
-            )
-            .await?,
-        );
-        server.stop().await?;
         anyhow::Ok(())
     })?;
 
-    rows.extend(relay_rows(scale)?);
+    // The realistic 50-policy bundle on disk, for the server and the hook.
+    let org50 = tempfile::tempdir()?;
+    for f in org_bundle(50) {
+        std::fs::write(org50.path().join(&f.path), &f.content)?;
+    }
+    let remote = remote::rows(scale, org50.path())?;
+    rows.extend(remote.rows);
+    rows.extend(relay_rows(scale, org50.path())?);
 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -897,53 +926,81 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "Machine: {}.", machine());
     let _ = writeln!(
         md,
-        "Client and server run in one process on loopback and share the cores."
+        "Remote rows: the server and the load generator each run in their own process (the\n\
+         generator is this binary, `--load`, with the Gatehouse client library), on loopback,\n\
+         sharing the machine's cores. `gatehouse serve` keeps its durable audit (SQLite WAL,\n\
+         `synchronous=NORMAL`, group commit). The floors run the same wire contract and take\n\
+         the same load: `bare tonic echo` answers ALLOW at once (no policy, no audit);\n\
+         `plain tonic+Cedar` evaluates the bundle in the stream's task (no audit, no limits).\n\
+         `p50 ÷ echo` is a row's p50 over the echo floor's for the same shape; `rate ÷ Cedar`\n\
+         its throughput over the plain tonic+Cedar floor's.\n"
     );
     let _ = writeln!(
         md,
-        "Remote rows include the durable audit (SQLite WAL, `synchronous=NORMAL`, group commit).\n"
+        "| path | events | p50 µs | p99 µs | p99.9 µs | decisions/s | p50 ÷ echo | rate ÷ Cedar | note |"
     );
-    let _ = writeln!(
-        md,
-        "| path | events | p50 µs | p99 µs | p99.9 µs | decisions/s | note |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &mut rows {
         r.lat.sort();
+    }
+    let rate = |r: &Row| r.n as f64 / r.wall.as_secs_f64().max(1e-9);
+    let p = |r: &Row, q: f64| pct(&r.lat, q).as_secs_f64().max(1e-9);
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    for r in &rows {
+        let shape = r.name.strip_prefix("gatehouse, ");
+        let echo = shape.and_then(|s| find(&format!("floor: bare tonic echo, {s}")));
+        let cedar = shape.and_then(|s| find(&format!("floor: plain tonic+Cedar, {s}")));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |",
             r.name,
             r.n,
             us(pct(&r.lat, 0.5)),
             us(pct(&r.lat, 0.99)),
             us(pct(&r.lat, 0.999)),
-            r.n as f64 / r.wall.as_secs_f64(),
+            rate(r),
+            echo.map_or(String::new(), |e| format!("{:.2}x", p(r, 0.5) / p(e, 0.5))),
+            cedar.map_or(String::new(), |c| format!("{:.2}x", rate(r) / rate(c))),
             r.note
         );
     }
-    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let _ = writeln!(
+        md,
+        "\nAudit on disk: {:.0} bytes per decision (the Gatehouse servers' logs, WAL included).",
+        remote.audit_bytes_per_decision
+    );
     if let (Some(s), Some(u)) = (
-        find("stream, 1 stream, sequential"),
-        find("unary, sequential"),
+        find("gatehouse, stream, 1 stream, sequential"),
+        find("gatehouse, unary, sequential"),
     ) {
         let _ = writeln!(
             md,
-            "\nSequential, stream vs unary: p50 {} vs {} µs, p99 {} vs {} µs.",
+            "Sequential, stream vs unary: p50 {} vs {} µs, p99 {} vs {} µs.",
             us(pct(&s.lat, 0.5)),
             us(pct(&u.lat, 0.5)),
             us(pct(&s.lat, 0.99)),
             us(pct(&u.lat, 0.99))
         );
     }
-    if let (Some(s), Some(u)) = (find("stream, 100 streams"), find("unary, 100 concurrent")) {
-        let ts = s.n as f64 / s.wall.as_secs_f64();
-        let tu = u.n as f64 / u.wall.as_secs_f64();
-        let _ = writeln!(
-            md,
-            "At 100-way concurrency the streams carry {:.2}x the unary throughput.",
-            ts / tu
-        );
+    for (stream, unary, what) in [
+        (
+            "gatehouse, stream, 100 streams",
+            "gatehouse, unary, 100 concurrent",
+            "100-way",
+        ),
+        (
+            "gatehouse, stream, 1 stream, 64 in flight",
+            "gatehouse, unary, 64 concurrent",
+            "64-way",
+        ),
+    ] {
+        if let (Some(s), Some(u)) = (find(stream), find(unary)) {
+            let _ = writeln!(
+                md,
+                "At {what} concurrency the streams carry {:.2}x the unary throughput.",
+                rate(s) / rate(u)
+            );
+        }
     }
     if let (Some(a), Some(b)) = (
         find("in-process, 50 policies"),
@@ -952,7 +1009,17 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(
             md,
             "In-process p99 grows {:.2}x from 50 to 500 policies (grown by teams and tools; 10 org-wide).",
-            pct(&b.lat, 0.99).as_secs_f64() / pct(&a.lat, 0.99).as_secs_f64().max(1e-9)
+            p(b, 0.99) / p(a, 0.99)
+        );
+    }
+    if let (Some(post), Some(pre)) = (
+        find("gatehouse, post event via stream, 4 KiB"),
+        find("gatehouse, stream, 1 stream, sequential"),
+    ) {
+        let _ = writeln!(
+            md,
+            "A 4 KiB post event via the stream costs {:.2}x the pre event (p50).",
+            p(post, 0.5) / p(pre, 0.5)
         );
     }
     print!("{md}");

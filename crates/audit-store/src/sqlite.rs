@@ -889,11 +889,13 @@ fn commit(
             ])?;
             prev = hash;
         }
-        tx.execute(
+        // Cached like the inserts: parsing this upsert was a visible share
+        // of a one-record commit.
+        tx.prepare_cached(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
              ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![seq, prev],
-        )?;
+        )?
+        .execute(params![seq, prev])?;
     }
     tx.commit()?;
     Ok((seq, prev, seqs))
