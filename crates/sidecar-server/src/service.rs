@@ -6,15 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use audit_store::{AuditError, AuditRecord, AuditStore};
-use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use hook_proto::v1::{
     self, ClientFrame, DecidedBy, EventError, HookEvent, ServerFrame, Welcome, client_frame,
     server_frame,
 };
 use policy_core::proto::{bundle_to_proto, decision_to_proto, event_from_proto};
 use policy_core::{Bundle, Decision, Event, EventKind, ReasonCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -514,10 +513,6 @@ fn serde_json_detail(d: &Decision, install_denied: bool) -> String {
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
-/// One accepted frame's work on a stream: the frame to answer with, if any.
-type Pending =
-    Pin<Box<dyn std::future::Future<Output = Option<Result<ServerFrame, Status>>> + Send>>;
-
 #[tonic::async_trait]
 impl v1::hook_service_server::HookService for HookSvc {
     type ProcessHookEventStream = FrameStream;
@@ -652,15 +647,8 @@ async fn run_stream(
     }
     drop(current);
 
-    // 3. Events, evaluated concurrently, and bundle pushes. Each event's
-    // decision is a future this task polls beside the inbound stream (no
-    // task spawned per event, and no hop to another worker and back): its
-    // answer is sent from here as soon as its audit record commits, in
-    // whatever order the decisions finish.
-    // At most max_in_flight accepted frames are worked on at once: past
-    // that the inbound stream is not read (the client's own window then
-    // holds it back), while the work in flight goes on.
-    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // 3. Events, evaluated concurrently, and bundle pushes.
+    let limit = Arc::new(Semaphore::new(inner.max_in_flight));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut shutdown = inner.shutdown.clone();
     let ending: Option<Status> = loop {
@@ -673,13 +661,6 @@ async fn run_stream(
         }
         tokio::select! {
             _ = shutdown.changed() => continue,
-            Some(answer) = pending.next(), if !pending.is_empty() => {
-                if let Some(f) = answer
-                    && tx.send(f).await.is_err()
-                {
-                    break None;
-                }
-            }
             changed = revocations.changed() => {
                 if changed.is_err() { continue; }
                 let r = policy_core::proto::revocations_to_proto(&revocations.borrow_and_update());
@@ -694,7 +675,7 @@ async fn run_stream(
                     break None;
                 }
             }
-            msg = inbound.message(), if pending.len() < inner.max_in_flight => match msg {
+            msg = inbound.message() => match msg {
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Event(event)) }))
                     if prost::Message::encoded_len(&event) > inner.max_message_bytes =>
                 {
@@ -723,6 +704,7 @@ async fn run_stream(
                     ));
                 }
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Event(event)) })) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
                     if event.correlation_id.is_empty()
                         || !lock(&in_flight).insert(event.correlation_id.clone())
                     {
@@ -737,6 +719,7 @@ async fn run_stream(
                             reason_code: code.into(),
                             message: "each event needs a correlation id unique among those in flight".into(),
                         };
+                        drop(permit);
                         if tx.send(frame(server_frame::Frame::EventError(err))).await.is_err() {
                             break None;
                         }
@@ -744,26 +727,33 @@ async fn run_stream(
                     }
                     // Pin the decision to the bundle in force when it arrived.
                     let bundle = inner.policy.current();
-                    let (inner, peer, in_flight) = (inner.clone(), peer.clone(), in_flight.clone());
-                    pending.push(Box::pin(async move {
+                    let (inner, tx, peer, in_flight) = (inner.clone(), tx.clone(), peer.clone(), in_flight.clone());
+                    tokio::spawn(async move {
                         let decision = inner.decide(&bundle, &event, Some(&peer), &peer.caller).await;
                         lock(&in_flight).remove(&event.correlation_id);
-                        Some(frame(server_frame::Frame::Decision(decision)))
-                    }));
+                        let _ = tx.send(frame(server_frame::Frame::Decision(decision))).await;
+                        drop(permit);
+                    });
                 }
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::LocalDecision(report)) })) => {
-                    let (inner, peer) = (inner.clone(), peer.clone());
-                    pending.push(Box::pin(async move {
-                        let ack = inner.record_report(&report, &peer).await;
-                        ack.map(|ack| frame(server_frame::Frame::ReportAck(ack)))
-                    }));
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
+                    let (inner, tx, peer) = (inner.clone(), tx.clone(), peer.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = inner.record_report(&report, &peer).await {
+                            let _ = tx.send(frame(server_frame::Frame::ReportAck(ack))).await;
+                        }
+                        drop(permit);
+                    });
                 }
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::SpoolGap(gap)) })) => {
-                    let (inner, peer) = (inner.clone(), peer.clone());
-                    pending.push(Box::pin(async move {
-                        let ack = inner.record_gap(&gap, &peer).await;
-                        ack.map(|ack| frame(server_frame::Frame::ReportAck(ack)))
-                    }));
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break None };
+                    let (inner, tx, peer) = (inner.clone(), tx.clone(), peer.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = inner.record_gap(&gap, &peer).await {
+                            let _ = tx.send(frame(server_frame::Frame::ReportAck(ack))).await;
+                        }
+                        drop(permit);
+                    });
                 }
                 Ok(Some(ClientFrame { frame: Some(client_frame::Frame::Hello(_)) })) => {
                     break Some(status(Code::FailedPrecondition, "duplicate_hello", "a stream takes one hello"));
@@ -776,13 +766,9 @@ async fn run_stream(
             }
         }
     };
-    // Nothing accepted is lost: every event in flight is decided and its
-    // answer sent before the stream ends.
-    while let Some(answer) = pending.next().await {
-        if let Some(f) = answer {
-            let _ = tx.send(f).await;
-        }
-    }
+    // Nothing accepted is lost: wait for every event in flight to be
+    // decided and sent before ending the stream.
+    let _all = limit.acquire_many(inner.max_in_flight as u32).await;
     if let Some(s) = ending {
         tracing::warn!(status = %s.message(), "stream ended with an error");
         let _ = tx.send(Err(s)).await;
