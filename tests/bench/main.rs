@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 mod remote;
 
+use gatehouse_icount::{post_event, pre_event as event};
 use gatehouse_tests::workspace_root;
 use hook_proto::v1;
 use policy_core::proto::event_to_proto;
-use policy_core::{Bundle, BundleFile, Event, EventKind};
+use policy_core::{Bundle, BundleFile, Event};
 use sidecar_client::{Client, ClientConfig, DecidedBy, SessionInfo, SpoolConfig};
 
 struct Row {
@@ -32,38 +33,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
-}
-
-fn event(i: usize) -> Event {
-    let (tool, input) = match i % 5 {
-        0 => (
-            "Bash",
-            serde_json::json!({"command": "cargo test --workspace"}),
-        ),
-        1 => ("Bash", serde_json::json!({"command": "rm -rf /tmp/build"})),
-        2 => ("Read", serde_json::json!({"file_path": "/repo/src/lib.rs"})),
-        3 => (
-            "Bash",
-            serde_json::json!({"command": "git push origin main"}),
-        ),
-        _ => (
-            "Edit",
-            serde_json::json!({"file_path": "/repo/a.rs", "old_string": "a", "new_string": "b"}),
-        ),
-    };
-    Event {
-        event_id: String::new(),
-        agent_id: "bench-agent".into(),
-        session_id: "bench".into(),
-        runtime: "bench".into(),
-        metadata: Default::default(),
-        kind: EventKind::PreToolUse {
-            tool_name: tool.into(),
-            input,
-            tool_use_id: format!("t{i}"),
-            cwd: "/repo".into(),
-        },
-    }
 }
 
 /// An organisation's bundle of `n` policies, as it grows by teams and
@@ -299,35 +268,6 @@ async fn unary_bench(name: &str, url: &str, concurrency: usize, n: usize) -> any
         lat,
         note: String::new(),
     })
-}
-
-/// A post-tool-use event whose output is `size` bytes of shell-like text
-/// with one credential in it.
-fn post_event(i: usize, size: usize) -> Event {
-    let mut text = String::with_capacity(size + 64);
-    text.push_str("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n");
-    let line = "drwxr-xr-x  2 dev dev  4096 Nov 26 10:00 src/components/widgets\n";
-    while text.len() < size {
-        text.push_str(line);
-    }
-    text.truncate(size);
-    Event {
-        event_id: String::new(),
-        agent_id: "bench-agent".into(),
-        session_id: "bench".into(),
-        runtime: "bench".into(),
-        metadata: Default::default(),
-        kind: EventKind::PostToolUse {
-            tool_name: "Bash".into(),
-            input: serde_json::json!({"command": "ls -la"}),
-            tool_use_id: format!("p{i}"),
-            cwd: "/repo".into(),
-            output: serde_json::Value::String(text),
-            is_error: false,
-            duration_ms: 5,
-            usage: Default::default(),
-        },
-    }
 }
 
 /// `context.shell` alone: parsing one command line.
@@ -819,19 +759,7 @@ fn main() -> anyhow::Result<()> {
             dir.path().join("bench-audit.db"),
             audit_store::Durability::ProcessCrashSafe,
         )?);
-        let record = audit_store::AuditRecord {
-            record_kind: "decision".into(),
-            agent_id: "bench-agent".into(),
-            session_id: "bench".into(),
-            event_kind: "pre_tool_use".into(),
-            resource: "Bash".into(),
-            verdict: "allow".into(),
-            reason_code: "policy_permit".into(),
-            policies: vec!["allow-tools".into()],
-            decided_by: "server".into(),
-            detail: "{\"reason\":\"permitted\"}".into(),
-            ..Default::default()
-        };
+        let record = gatehouse_icount::audit_record(String::new());
         let n = 20_000 / scale;
         let mut lat = Vec::with_capacity(n);
         let start = Instant::now();

@@ -8,65 +8,8 @@
 
 use std::path::Path;
 
-use policy_core::{Bundle, Event, EventKind};
-
-fn pre_event(i: usize) -> Event {
-    let (tool, input) = match i % 5 {
-        0 => (
-            "Bash",
-            serde_json::json!({"command": "cargo test --workspace"}),
-        ),
-        1 => ("Bash", serde_json::json!({"command": "rm -rf /tmp/build"})),
-        2 => ("Read", serde_json::json!({"file_path": "/repo/src/lib.rs"})),
-        3 => (
-            "Bash",
-            serde_json::json!({"command": "git push origin main"}),
-        ),
-        _ => (
-            "Edit",
-            serde_json::json!({"file_path": "/repo/a.rs", "old_string": "a", "new_string": "b"}),
-        ),
-    };
-    Event {
-        event_id: format!("e{i}"),
-        agent_id: "bench-agent".into(),
-        session_id: "bench".into(),
-        runtime: "bench".into(),
-        metadata: Default::default(),
-        kind: EventKind::PreToolUse {
-            tool_name: tool.into(),
-            input,
-            tool_use_id: format!("t{i}"),
-            cwd: "/repo".into(),
-        },
-    }
-}
-
-/// A 4 KiB tool output with an AWS key id for the credential guard.
-fn post_event(i: usize) -> Event {
-    let mut text = String::from("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n");
-    while text.len() < 4096 {
-        text.push_str("drwxr-xr-x  2 dev dev  4096 Nov 26 10:00 src/components/widgets\n");
-    }
-    text.truncate(4096);
-    Event {
-        event_id: format!("p{i}"),
-        agent_id: "bench-agent".into(),
-        session_id: "bench".into(),
-        runtime: "bench".into(),
-        metadata: Default::default(),
-        kind: EventKind::PostToolUse {
-            tool_name: "Bash".into(),
-            input: serde_json::json!({"command": "ls -la"}),
-            tool_use_id: format!("p{i}"),
-            cwd: "/repo".into(),
-            output: serde_json::Value::String(text),
-            is_error: false,
-            duration_ms: 5,
-            usage: Default::default(),
-        },
-    }
-}
+use gatehouse_icount::{audit_record, post_event, pre_event};
+use policy_core::{Bundle, Event};
 
 fn quickstart() -> Result<Bundle, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
@@ -90,20 +33,7 @@ fn audit(n: usize) -> Result<(), String> {
     };
     let store = audit_store::SqliteAudit::open_with(&path, options).map_err(|e| e.to_string())?;
     for i in 0..n {
-        let record = audit_store::AuditRecord {
-            record_kind: "decision".into(),
-            event_id: format!("a{i:08}"),
-            agent_id: "bench-agent".into(),
-            session_id: "bench".into(),
-            event_kind: "pre_tool_use".into(),
-            resource: "Bash".into(),
-            verdict: "allow".into(),
-            reason_code: "policy_permit".into(),
-            policies: vec!["allow-tools".into()],
-            decided_by: "server".into(),
-            detail: "{\"reason\":\"permitted\"}".into(),
-            ..Default::default()
-        };
+        let record = audit_record(format!("a{i:08}"));
         rt.block_on(store.append(record))
             .map_err(|e| e.to_string())?;
     }
@@ -129,7 +59,7 @@ fn main() -> Result<(), String> {
         }
         "post" => {
             let bundle = quickstart()?;
-            let event = post_event(0);
+            let event = post_event(0, 4096);
             for _ in 0..n {
                 std::hint::black_box(bundle.evaluate(&event));
             }
