@@ -64,7 +64,9 @@ pub fn load_cached(dir: &Path, use_cache: bool) -> Result<(Snapshot, Bundle, Cac
     }
     let bundle = Bundle::load(snapshot.files.clone())?;
     // Best effort: a read-only bundle directory has no cache.
-    let _ = write_entry(&cache, &entry, &bundle.compiled());
+    if let Some(compiled) = bundle.compiled() {
+        let _ = write_entry(&cache, &entry, &compiled);
+    }
     Ok((snapshot, bundle, CacheUse::Miss))
 }
 

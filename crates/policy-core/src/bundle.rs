@@ -271,29 +271,33 @@ impl Bundle {
         Self::load_inner(files.clone(), Some(compiled)).or_else(|_| Self::load_inner(files, None))
     }
 
-    /// What this load established, for `load_compiled`.
-    pub fn compiled(&self) -> CompiledBundle {
+    /// What this load established, for `load_compiled`; `None` when some
+    /// of it cannot be written down whole (then nothing should be cached:
+    /// an entity left out would drop its groups' policies).
+    pub fn compiled(&self) -> Option<CompiledBundle> {
         let mut c = CompiledBundle {
             format: COMPILED_FORMAT,
             hash: self.hash.clone(),
             schema: self.schema_json.clone(),
             warnings: self.warnings.clone(),
-            entities: self.entities_json(),
+            entities: self.entities_json()?,
             digest: String::new(),
         };
         c.digest = c.compute_digest();
-        c
+        Some(c)
     }
 
-    /// The bundle's entities in Cedar's explicit JSON form.
-    fn entities_json(&self) -> serde_json::Value {
-        let entities = self.entities.iter().filter_map(|(uid, e)| {
-            Entity::new(uid.clone(), e.attrs.clone(), e.ancestors.clone()).ok()
-        });
-        Entities::from_entities(entities, None)
+    /// The bundle's entities in Cedar's explicit JSON form, every one.
+    fn entities_json(&self) -> Option<serde_json::Value> {
+        let entities: Option<Vec<Entity>> = self
+            .entities
+            .iter()
+            .map(|(uid, e)| Entity::new(uid.clone(), e.attrs.clone(), e.ancestors.clone()).ok())
+            .collect();
+        Entities::from_entities(entities?, None)
+            .ok()?
+            .to_json_value()
             .ok()
-            .and_then(|e| e.to_json_value().ok())
-            .unwrap_or_else(|| serde_json::Value::Array(Vec::new()))
     }
 
     fn load_inner(
@@ -303,7 +307,7 @@ impl Bundle {
         let mut files: Vec<BundleFile> = files.into_iter().collect();
         files.sort();
         let hash = content_hash(&files);
-        // A prior compilation of exactly these files, whose schema builds.
+        // A prior compilation of exactly these files, undamaged.
         let prior = prior.filter(|c| {
             c.format == COMPILED_FORMAT && c.hash == hash && c.digest == c.compute_digest()
         });

@@ -1406,7 +1406,9 @@ when { context has "sh\u{65}ll" && context["sh\u{65}ll"].pipes_to_interpreter };
             ]
         };
         let full = Bundle::load(files("")).unwrap_or_else(|e| panic!("{e}"));
-        let compiled = full.compiled();
+        let compiled = full
+            .compiled()
+            .unwrap_or_else(|| panic!("every entity renders"));
         let again = Bundle::load_compiled(files(""), &compiled).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.hash(), full.hash());
         assert_eq!(again.warnings(), full.warnings());
