@@ -202,14 +202,24 @@ fn hook_commands_go_through_the_relay_socket_and_survive_its_death() {
     );
 
     drop(relay);
-    // Relay gone: the local bundle answers.
-    let qs = quickstart();
+    // Relay gone: the local bundle answers. A copy of the quickstart, so
+    // that the hook's compiled cache is written there, not into the source
+    // tree; the second call loads through it.
+    let qs = dir.path().join("quickstart");
+    std::fs::create_dir_all(&qs).unwrap();
+    for entry in std::fs::read_dir(quickstart()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, qs.join(path.file_name().unwrap())).unwrap();
+        }
+    }
     let (code, out, _) = hook(
         "claude-code",
         &["--socket", &sock, "--policies", qs.to_str().unwrap()],
         RM,
     );
     assert_eq!((code, decision(&out).as_str()), (0, "deny"), "{out}");
+    assert!(qs.join(".gatehouse-cache").is_dir(), "no compiled cache");
     let (code, out, _) = hook(
         "claude-code",
         &["--socket", &sock, "--policies", qs.to_str().unwrap()],
