@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 pub mod conformance;
 mod proxy;
+pub mod services;
 
 pub use self::proxy::FaultProxy;
 

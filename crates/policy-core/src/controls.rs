@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::bundle::Bundle;
 use crate::config::{Budget, RateLimit};
 use crate::decision::{Decision, ReasonCode, Verdict};
-use crate::event::{Event, EventKind};
-use crate::limits::{LimitOutcome, LimitState};
+use crate::event::Event;
+use crate::limits::{LimitOutcome, LimitPlan, LimitState, admit_steps, commit_steps};
 
 /// Revoked agents and sessions: every event of theirs is denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,17 @@ pub struct Grant {
     pub expires_ms: u64,
 }
 
+impl Grant {
+    /// Whether this grant allows `e` (its `action` on `resource`) now.
+    pub fn allows(&self, e: &Event, action: &str, resource: &str, now_ms: u64) -> bool {
+        self.expires_ms > now_ms
+            && self.agent_id == e.agent_id
+            && self.session_id == e.session_id
+            && self.action == action
+            && self.resource == resource
+    }
+}
+
 /// Live grants.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
@@ -72,14 +83,11 @@ impl Grants {
         &self.list
     }
 
-    fn find(&self, e: &Event, action: &str, resource: &str, now_ms: u64) -> Option<&Grant> {
-        self.list.iter().find(|g| {
-            g.expires_ms > now_ms
-                && g.agent_id == e.agent_id
-                && g.session_id == e.session_id
-                && g.action == action
-                && g.resource == resource
-        })
+    /// A live grant for exactly this call, if there is one.
+    pub fn find(&self, e: &Event, action: &str, resource: &str, now_ms: u64) -> Option<&Grant> {
+        self.list
+            .iter()
+            .find(|g| g.allows(e, action, resource, now_ms))
     }
 }
 
@@ -140,54 +148,86 @@ impl Bundle {
         if let Some(why) = controls.revocations.and_then(|r| r.check(event)) {
             return Decision::deny(ReasonCode::Revoked, why, &self.hash);
         }
-        let Some(action) = event.kind.action() else {
-            return d;
-        };
-        if d.verdict == Verdict::Ask {
+        if d.verdict == Verdict::Ask
+            && let Some(action) = event.kind.action()
+        {
             let resource = event.kind.resource_label(&event.session_id);
-            match controls
+            let grant = controls
                 .grants
-                .and_then(|g| g.find(event, action, &resource, controls.now_ms))
-            {
-                Some(g) => {
-                    d.verdict = Verdict::Allow;
-                    d.reason_code = ReasonCode::Granted;
-                    d.reason = format!(
-                        "approval {} granted this call until {} ms since the epoch",
-                        g.approval_id, g.expires_ms
-                    );
-                }
-                None => d.approval_id = Some(approval_id(event, action)),
-            }
+                .and_then(|g| g.find(event, action, &resource, controls.now_ms));
+            d = self.apply_grant(event, d, grant);
         }
         let Some(limits) = controls.limits else {
             return d;
         };
-        let budgets: Vec<&Budget> = self.config.budgets.iter().collect();
-        if matches!(
-            event.kind,
-            EventKind::PostToolUse { .. } | EventKind::ModelResponse { .. }
-        ) {
-            limits.commit(event, &budgets, controls.now_ms);
+        match self.limit_plan(event, &d, controls.now_ms) {
+            Some(plan) => {
+                let outcome = limits.apply(&plan, controls.now_ms);
+                self.apply_limit_outcome(d, outcome)
+            }
+            None => d,
         }
-        if d.verdict != Verdict::Allow {
+    }
+
+    /// The grant step for an ASK: an ALLOW (`granted`) when `grant` is a
+    /// live grant for exactly what it asks, else the ASK with its
+    /// deterministic approval id.
+    pub fn apply_grant(&self, event: &Event, mut d: Decision, grant: Option<&Grant>) -> Decision {
+        let Some(action) = event.kind.action() else {
+            return d;
+        };
+        if d.verdict != Verdict::Ask {
             return d;
         }
-        let rates: Vec<&RateLimit> = self
-            .config
-            .rate_limits
-            .iter()
-            .filter(|r| r.when.as_ref().is_none_or(|m| self.matcher(m, event)))
-            .collect();
-        match limits.admit(
-            event,
-            action,
-            &rates,
-            &budgets,
-            self.config.max_limit_keys,
-            controls.now_ms,
-        ) {
-            LimitOutcome::Ok(_) => d,
+        match grant {
+            Some(g) => {
+                d.verdict = Verdict::Allow;
+                d.reason_code = ReasonCode::Granted;
+                d.reason = format!(
+                    "approval {} granted this call until {} ms since the epoch",
+                    g.approval_id, g.expires_ms
+                );
+            }
+            None => d.approval_id = Some(approval_id(event, action)),
+        }
+        d
+    }
+
+    /// What the limit state must do for `event`, decided `d` so far: the
+    /// budget commits of a post event, and (when `d` allows) the rate
+    /// limits and reservations that apply. `None` when the bundle has no
+    /// limits or nothing applies. Pure: a store applies it.
+    pub fn limit_plan(&self, event: &Event, d: &Decision, now_ms: u64) -> Option<LimitPlan> {
+        if !self.has_limits() {
+            return None;
+        }
+        let action = event.kind.action()?;
+        let budgets: Vec<&Budget> = self.config.budgets.iter().collect();
+        let mut plan = LimitPlan {
+            commits: commit_steps(event, &budgets),
+            max_keys: self.config.max_limit_keys,
+            budget_windows: budgets
+                .iter()
+                .map(|b| (b.name.clone(), b.window_ms))
+                .collect(),
+            ..LimitPlan::default()
+        };
+        if d.verdict == Verdict::Allow {
+            let rates: Vec<&RateLimit> = self
+                .config
+                .rate_limits
+                .iter()
+                .filter(|r| r.when.as_ref().is_none_or(|m| self.matcher(m, event)))
+                .collect();
+            (plan.rates, plan.reserves) = admit_steps(event, action, &rates, &budgets, now_ms);
+        }
+        (!plan.is_empty()).then_some(plan)
+    }
+
+    /// `d` after its limit plan was applied with `outcome`.
+    pub fn apply_limit_outcome(&self, d: Decision, outcome: LimitOutcome) -> Decision {
+        match outcome {
+            LimitOutcome::Ok => d,
             LimitOutcome::RateLimited {
                 limit,
                 retry_after_ms,
@@ -245,6 +285,7 @@ impl Bundle {
 mod tests {
     use super::*;
     use crate::BundleFile;
+    use crate::event::EventKind;
 
     fn bundle() -> Bundle {
         let policies = r#"

@@ -56,6 +56,10 @@ pub enum ReasonCode {
     IdentityMismatch,
     /// The decision could not be recorded in the audit, so it is a DENY.
     AuditUnavailable,
+    /// The shared state store (limits, revocations, grants) could not be
+    /// reached or could not vouch that what it holds is current, so the
+    /// event is denied rather than decided on a guess.
+    StateUnavailable,
     /// A rate limit refused the event (see `retry_after_ms`).
     RateLimited,
     /// A budget has no room for the event's estimate.
@@ -105,6 +109,7 @@ impl ReasonCode {
             Self::SessionMismatch => "session_mismatch",
             Self::IdentityMismatch => "identity_mismatch",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::StateUnavailable => "state_unavailable",
             Self::RateLimited => "rate_limited",
             Self::BudgetExceeded => "budget_exceeded",
             Self::LimitKeysExhausted => "limit_keys_exhausted",

@@ -38,7 +38,10 @@ pub use self::error::{BundleError, Diagnostic};
 pub use self::event::{ACTIONS, Event, EventKind, Usage};
 pub use self::explain::explain_text;
 pub use self::guards::{Evidence, OutputDecision, OutputVerdict};
-pub use self::limits::{BudgetEntry, LimitState};
+pub use self::limits::{
+    BudgetEntry, CommitStep, LimitOutcome, LimitPlan, LimitState, RateStep, ReservationMatch,
+    ReserveStep,
+};
 pub use self::mcp::mcp_declarations;
 pub use self::shell::{
     MAX_COMMAND_BYTES, MAX_DEPTH, ShellFacts, analyze as analyze_shell,
