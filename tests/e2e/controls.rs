@@ -148,7 +148,8 @@ async fn budgets_reserve_commit_release_and_survive_a_restart() -> anyhow::Resul
     bundle(dir.path(), BUDGET);
     let state_dir = tempfile::tempdir()?;
     let state = state_dir.path().join("state.db");
-    let server = TestServer::start(dir.path(), |c| c.state = Some(state.clone())).await?;
+    let server =
+        TestServer::start_stateful(dir.path(), &state.display().to_string(), |_| {}).await?;
     let (_c, s) = connected(server.url(), "spender", "s").await;
     // Reserve 400 twice; a third reservation does not fit in 1000.
     assert_eq!(
@@ -184,7 +185,8 @@ async fn budgets_reserve_commit_release_and_survive_a_restart() -> anyhow::Resul
     );
     drop(s);
     server.stop().await?;
-    let server = TestServer::start(dir.path(), |c| c.state = Some(state.clone())).await?;
+    let server =
+        TestServer::start_stateful(dir.path(), &state.display().to_string(), |_| {}).await?;
     let (_c, s) = connected(server.url(), "spender", "s2").await;
     let d = s.decide(tool("Read", "", "U", "t7")).await;
     assert_eq!(

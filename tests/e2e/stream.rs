@@ -331,6 +331,17 @@ impl AuditStore for BrokenAudit {
     fn append_once(&self, _: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
         Box::pin(async { Err(AuditError::WriterStopped) })
     }
+
+    fn query(
+        &self,
+        _: audit_store::Query,
+    ) -> BoxFuture<'static, Result<Vec<audit_store::StoredRecord>, AuditError>> {
+        Box::pin(async { Err(AuditError::WriterStopped) })
+    }
+
+    fn verify(&self) -> BoxFuture<'static, Result<audit_store::Verified, AuditError>> {
+        Box::pin(async { Err(AuditError::WriterStopped) })
+    }
 }
 
 #[tokio::test]

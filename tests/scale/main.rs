@@ -3,4 +3,5 @@
 //! starts its own Redis and PostgreSQL on free loopback ports
 //! (`gatehouse_tests::services`) and stops them.
 
+mod replicas;
 mod store;

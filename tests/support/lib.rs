@@ -51,11 +51,38 @@ impl TestServer {
         Self::start_with(policies, Arc::new(audit), audit_path, dir, tweak).await
     }
 
+    /// Starts a server whose state store is `state` (a SQLite path or a
+    /// `redis://` URL, see `control_store::open`).
+    pub async fn start_stateful(
+        policies: &Path,
+        state: &str,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let audit_path = dir.path().join("audit.db");
+        let audit =
+            audit_store::SqliteAudit::open(&audit_path, audit_store::Durability::default())?;
+        let state = control_store::open(state).await?;
+        Self::start_full(policies, Arc::new(audit), audit_path, dir, state, tweak).await
+    }
+
     pub async fn start_with(
         policies: &Path,
         audit: Arc<dyn audit_store::AuditStore>,
         audit_path: PathBuf,
         dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let state = Arc::new(control_store::LocalStore::memory());
+        Self::start_full(policies, audit, audit_path, dir, state, tweak).await
+    }
+
+    pub async fn start_full(
+        policies: &Path,
+        audit: Arc<dyn audit_store::AuditStore>,
+        audit_path: PathBuf,
+        dir: tempfile::TempDir,
+        state: Arc<dyn control_store::ControlStore>,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> anyhow::Result<Self> {
         let mut config = ServerConfig::new(policies);
@@ -69,6 +96,7 @@ impl TestServer {
             config,
             policy.clone(),
             audit,
+            state,
             listener,
             async move {
                 let _ = rx.await;

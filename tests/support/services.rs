@@ -26,7 +26,9 @@ fn is_root() -> bool {
 
 fn apt_install(package: &str) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("{package} is not installed, and installing it needs root (apt-get install {package})");
+        bail!(
+            "{package} is not installed, and installing it needs root (apt-get install {package})"
+        );
     }
     // Several tests may ask at once; apt's own lock serialises them and a
     // second install of an installed package does nothing.
@@ -238,7 +240,16 @@ impl Postgres {
             }
         }
         let out = as_postgres(&bin, "initdb")
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .context("running initdb")?;

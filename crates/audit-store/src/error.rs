@@ -10,8 +10,10 @@ pub enum AuditError {
     Commit(String),
     #[error("audit writer has stopped")]
     WriterStopped,
-    #[error("invalid audit location `{0}`: expected sqlite:PATH")]
+    #[error("invalid audit location `{0}`: expected sqlite:PATH or postgres://…")]
     InvalidLocation(String),
+    #[error("no audit log at {0}")]
+    Missing(String),
     #[error("audit record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
     /// The writer's queue is full: the record was not accepted.

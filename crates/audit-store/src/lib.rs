@@ -13,6 +13,8 @@
 
 mod anchor;
 mod error;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
 mod segments;
 mod sqlite;
@@ -24,6 +26,8 @@ use std::pin::Pin;
 
 pub use self::anchor::{Checkpoint, checkpoints_path, pubkey_path, read_checkpoints};
 pub use self::error::AuditError;
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgAudit;
 pub use self::record::{AuditRecord, GENESIS_HASH, Query, StoredRecord, VerifyReport};
 pub use self::segments::{Segment, sealed_segments};
 pub use self::sqlite::{
@@ -31,6 +35,8 @@ pub use self::sqlite::{
 };
 pub use self::state::{MAX_PENDING_STATE, SqliteState};
 pub use self::verify::{ChainWalk, Verified, VerifyOptions, verify, verify_log};
+
+use std::sync::Arc;
 
 /// A boxed future returned by [`AuditStore`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,4 +63,63 @@ pub trait AuditStore: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> BoxFuture<'static, Result<(), AuditError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Reads committed records matching `q`, oldest first.
+    fn query(&self, q: Query) -> BoxFuture<'static, Result<Vec<StoredRecord>, AuditError>>;
+
+    /// Walks the whole chain (with the backend-neutral [`ChainWalk`]) and
+    /// names the first record that was modified, deleted or reordered.
+    fn verify(&self) -> BoxFuture<'static, Result<Verified, AuditError>>;
+}
+
+/// Whether `location` names the PostgreSQL backend.
+pub fn is_postgres(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// Opens the audit `location` names, by its scheme: `postgres://…` (or
+/// `postgresql://…`) for PostgreSQL, else `sqlite:PATH` or a bare path,
+/// opened with the `sqlite` options (made for the same path).
+pub async fn open(location: &str, sqlite: AuditOptions) -> Result<Arc<dyn AuditStore>, AuditError> {
+    if is_postgres(location) {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(PgAudit::connect(location).await?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(AuditError::InvalidLocation(location.to_owned()));
+    }
+    let path = SqliteAudit::location(location)?;
+    Ok(Arc::new(SqliteAudit::open_with(&path, sqlite)?))
+}
+
+/// [`AuditStore::verify`] of the audit at `location`, without opening a
+/// writer: a SQLite log is walked across its sealed segments and against
+/// its signed checkpoints.
+pub async fn verify_location(location: &str, opts: &VerifyOptions) -> Result<Verified, AuditError> {
+    if is_postgres(location) {
+        #[cfg(feature = "postgres")]
+        return postgres::verify(location).await;
+        #[cfg(not(feature = "postgres"))]
+        return Err(AuditError::InvalidLocation(location.to_owned()));
+    }
+    let path = SqliteAudit::location(location)?;
+    if !path.exists() && sealed_segments(&path)?.is_empty() {
+        return Err(AuditError::Missing(path.display().to_string()));
+    }
+    verify_log(&path, opts)
+}
+
+/// [`AuditStore::query`] of the audit at `location`, without opening a
+/// writer.
+pub async fn query_location(location: &str, q: &Query) -> Result<Vec<StoredRecord>, AuditError> {
+    if is_postgres(location) {
+        #[cfg(feature = "postgres")]
+        return postgres::query(location, q).await;
+        #[cfg(not(feature = "postgres"))]
+        return Err(AuditError::InvalidLocation(location.to_owned()));
+    }
+    let path = SqliteAudit::location(location)?;
+    if !path.exists() && sealed_segments(&path)?.is_empty() {
+        return Err(AuditError::Missing(path.display().to_string()));
+    }
+    query(&path, q)
 }

@@ -802,6 +802,29 @@ fn spawn_checkpointer(
 }
 
 impl AuditStore for SqliteAudit {
+    fn query(
+        &self,
+        q: crate::Query,
+    ) -> BoxFuture<'static, Result<Vec<crate::StoredRecord>, AuditError>> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || query(&path, &q))
+                .await
+                .map_err(|e| AuditError::Commit(e.to_string()))?
+        })
+    }
+
+    fn verify(&self) -> BoxFuture<'static, Result<crate::Verified, AuditError>> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                crate::verify_log(&path, &crate::VerifyOptions::default())
+            })
+            .await
+            .map_err(|e| AuditError::Commit(e.to_string()))?
+        })
+    }
+
     fn append(&self, record: AuditRecord) -> BoxFuture<'static, Result<u64, AuditError>> {
         self.submit(record, false)
     }

@@ -110,7 +110,10 @@ async fn admission_is_all_or_nothing(store: &dyn ControlStore) {
         LimitOutcome::BudgetExceeded { limit: 100, .. }
     ));
     // The refused budget consumed no rate token.
-    assert_eq!(apply(store, &plan(vec![r], vec![]), NOW).await, LimitOutcome::Ok);
+    assert_eq!(
+        apply(store, &plan(vec![r], vec![]), NOW).await,
+        LimitOutcome::Ok
+    );
 }
 
 async fn budget_reserve_commit_and_release(store: &dyn ControlStore) {
@@ -169,7 +172,12 @@ async fn budget_reserve_commit_and_release(store: &dyn ControlStore) {
         LimitOutcome::Ok
     );
     assert!(matches!(
-        apply(store, &plan(vec![], vec![reserve(k, "t:6", 90, 100)]), NOW + 2).await,
+        apply(
+            store,
+            &plan(vec![], vec![reserve(k, "t:6", 90, 100)]),
+            NOW + 2
+        )
+        .await,
         LimitOutcome::BudgetExceeded { .. }
     ));
     assert_eq!(
@@ -185,7 +193,10 @@ async fn budget_reserve_commit_and_release(store: &dyn ControlStore) {
 
 async fn model_response_settles_the_oldest_reservation(store: &dyn ControlStore) {
     let k = "cost|agent=a";
-    let ids = ["m:s:gpt:00000000000000000001:x", "m:s:gpt:00000000000000000002:y"];
+    let ids = [
+        "m:s:gpt:00000000000000000001:x",
+        "m:s:gpt:00000000000000000002:y",
+    ];
     for id in ids {
         assert_eq!(
             apply(store, &plan(vec![], vec![reserve(k, id, 30, 100)]), NOW).await,
@@ -302,6 +313,8 @@ async fn grants_allow_exactly_what_was_asked(store: &dyn ControlStore) {
     let other = store.find_grant(&e, "call_tool", "Bash", now).await;
     assert!(matches!(other, Ok(None)), "{}", store.describe());
     e.session_id = "s1".into();
-    let expired = store.find_grant(&e, "call_tool", "Bash", now + 60_001).await;
+    let expired = store
+        .find_grant(&e, "call_tool", "Bash", now + 60_001)
+        .await;
     assert!(matches!(expired, Ok(None)), "{}", store.describe());
 }

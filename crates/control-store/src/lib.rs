@@ -15,6 +15,7 @@
 
 pub mod conformance;
 mod local;
+#[cfg(feature = "redis")]
 mod redis_store;
 
 use std::fmt::Debug;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use self::local::LocalStore;
+#[cfg(feature = "redis")]
 pub use self::redis_store::RedisStore;
 
 /// A boxed future returned by [`ControlStore`] methods.
@@ -52,6 +54,7 @@ pub enum StoreError {
     Unsupported(String),
 }
 
+#[cfg(feature = "sqlite")]
 impl From<audit_store::AuditError> for StoreError {
     fn from(e: audit_store::AuditError) -> Self {
         Self::Failed(e.to_string())
@@ -97,7 +100,8 @@ pub trait ControlStore: Send + Sync + Debug {
 
     /// Releases reservations (key, id) that a decision made but that were
     /// not used because the decision was not delivered.
-    fn release(&self, reservations: Vec<(String, String)>) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn release(&self, reservations: Vec<(String, String)>)
+    -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// A live grant for exactly this call (agent, session, action,
     /// resource), if there is one.
@@ -143,15 +147,21 @@ pub trait ControlStore: Send + Sync + Debug {
 /// Opens the store `location` names: `redis://HOST:PORT[/DB]` (or
 /// `rediss://`) for Redis, anything else a SQLite file path.
 pub async fn open(location: &str) -> Result<Arc<dyn ControlStore>, StoreError> {
+    #[cfg(feature = "redis")]
     if location.starts_with("redis://") || location.starts_with("rediss://") {
         return Ok(Arc::new(RedisStore::connect(location).await?));
     }
     if location.contains("://") {
         return Err(StoreError::Unsupported(location.to_owned()));
     }
-    Ok(Arc::new(LocalStore::open(Some(std::path::Path::new(
-        location,
-    )))?))
+    #[cfg(feature = "sqlite")]
+    {
+        Ok(Arc::new(LocalStore::open(Some(std::path::Path::new(
+            location,
+        )))?))
+    }
+    #[cfg(not(feature = "sqlite"))]
+    Err(StoreError::Unsupported(location.to_owned()))
 }
 
 /// Milliseconds since the Unix epoch.

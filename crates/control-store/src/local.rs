@@ -3,16 +3,20 @@
 //! waits on the disk and a restart resets nothing.
 
 use std::collections::HashMap;
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "sqlite")]
 use audit_store::SqliteState;
-use policy_core::{
-    BudgetEntry, Event, Grant, Grants, LimitOutcome, LimitPlan, LimitState, Revocations,
-};
+#[cfg(feature = "sqlite")]
+use policy_core::BudgetEntry;
+use policy_core::{Event, Grant, Grants, LimitOutcome, LimitPlan, LimitState, Revocations};
 use tokio::sync::watch;
 
-use crate::{APPROVAL_TTL_MS, Approval, BoxFuture, ControlStore, StoreError, now_ms};
+#[cfg(feature = "sqlite")]
+use crate::now_ms;
+use crate::{APPROVAL_TTL_MS, Approval, BoxFuture, ControlStore, StoreError};
 
 const NS_BUDGET: &str = "budget";
 const NS_REVOCATION: &str = "revocation";
@@ -20,6 +24,27 @@ const NS_GRANT: &str = "grant";
 const NS_APPROVAL: &str = "approval";
 /// Pending approvals kept at most; the oldest go first.
 const MAX_APPROVALS: usize = 100_000;
+
+/// Without the `sqlite` feature there is never a state file.
+#[cfg(not(feature = "sqlite"))]
+#[derive(Debug)]
+enum SqliteState {}
+
+#[cfg(not(feature = "sqlite"))]
+impl SqliteState {
+    fn put(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+        match *self {}
+    }
+    fn put_many(&self, _: &str, _: &[(String, String)]) -> Result<(), StoreError> {
+        match *self {}
+    }
+    fn delete(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        match *self {}
+    }
+    fn flush(&self, _: std::time::Duration) -> bool {
+        match *self {}
+    }
+}
 
 /// In-memory state, optionally persisted to SQLite.
 #[derive(Debug)]
@@ -50,6 +75,7 @@ impl LocalStore {
     }
 
     /// Opens the SQLite state file (if any) and restores what it holds.
+    #[cfg(feature = "sqlite")]
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
         let mut me = Self::memory();
         let Some(path) = path else {
@@ -213,7 +239,10 @@ impl ControlStore for LocalStore {
         Box::pin(async move { Ok(outcome) })
     }
 
-    fn release(&self, reservations: Vec<(String, String)>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn release(
+        &self,
+        reservations: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         {
             let mut limits = lock(&self.limits);
             limits.release(&reservations);

@@ -463,7 +463,8 @@ impl ControlStore for RedisStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<LimitOutcome, StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(plan).map_err(|e| StoreError::Failed(e.to_string()))?;
+            let json =
+                serde_json::to_string(plan).map_err(|e| StoreError::Failed(e.to_string()))?;
             let answer: Vec<String> = self
                 .call(|mut c| async move {
                     self.script
@@ -479,7 +480,10 @@ impl ControlStore for RedisStore {
         })
     }
 
-    fn release(&self, reservations: Vec<(String, String)>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn release(
+        &self,
+        reservations: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if reservations.is_empty() {
                 return Ok(());

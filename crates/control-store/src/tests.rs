@@ -104,7 +104,9 @@ fn file(path: &str, content: &str) -> BundleFile {
 
 fn bundle(config: &str) -> Bundle {
     Bundle::load([
-        file("p.cedar", r#"@id("allow") permit(principal, action, resource);"#,
+        file(
+            "p.cedar",
+            r#"@id("allow") permit(principal, action, resource);"#,
         ),
         file("bundle.toml", config),
     ])
@@ -137,14 +139,12 @@ window = "1m"
 async fn decide_applies_the_plan_and_fails_closed_when_the_store_is_down() {
     let b = bundle(LIMIT_3);
     let store = LocalStore::memory();
-    let verdicts: Vec<Verdict> = futures::future::join_all(
-        (0..4).map(|i| {
-            let e = bash("a", &format!("e{i}"));
-            let b = &b;
-            let store = &store;
-            async move { decide(b, &e, store).await.decision.verdict }
-        }),
-    )
+    let verdicts: Vec<Verdict> = futures::future::join_all((0..4).map(|i| {
+        let e = bash("a", &format!("e{i}"));
+        let b = &b;
+        let store = &store;
+        async move { decide(b, &e, store).await.decision.verdict }
+    }))
     .await;
     assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allow).count(), 3);
     assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Deny).count(), 1);

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use audit_store::{Query, SqliteAudit, VerifyReport};
+use audit_store::{Query, VerifyReport};
 
 use crate::config::DEFAULT_AUDIT;
 use crate::timefmt;
@@ -12,8 +12,9 @@ pub(crate) enum AuditCmd {
     /// Check the hash chain; exit 0 when intact, 1 naming the first broken
     /// record otherwise.
     Verify {
-        /// Audit log location [default: sqlite:gatehouse-audit.db]. Its
-        /// sealed segments (`<log>.seg-*`) are verified with it.
+        /// Audit log location: sqlite:PATH (its sealed segments
+        /// `<log>.seg-*` are verified with it) or postgres://…
+        /// [default: sqlite:gatehouse-audit.db].
         #[arg(long, default_value = DEFAULT_AUDIT)]
         audit: String,
         /// The public key the checkpoints must be signed with (hex, or a
@@ -46,16 +47,19 @@ pub(crate) enum AuditCmd {
     },
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify { audit, pubkey } => {
-            let path = SqliteAudit::location(&audit)?;
-            anyhow::ensure!(
-                path.exists() || !audit_store::sealed_segments(&path)?.is_empty(),
-                "no audit log at {}",
-                path.display()
-            );
-            let v = audit_store::verify_log(&path, &audit_store::VerifyOptions { pubkey })?;
+            let v = runtime()?.block_on(audit_store::verify_location(
+                &audit,
+                &audit_store::VerifyOptions { pubkey },
+            ))?;
             for note in &v.notes {
                 eprintln!("note: {note}");
             }
@@ -95,12 +99,6 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let path = SqliteAudit::location(&audit)?;
-            anyhow::ensure!(
-                path.exists() || !audit_store::sealed_segments(&path)?.is_empty(),
-                "no audit log at {}",
-                path.display()
-            );
             let since_ms = since
                 .map(|s| timefmt::parse_since(&s, timefmt::now_ms()))
                 .transpose()
@@ -113,7 +111,7 @@ pub(crate) fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 since_ms,
                 limit,
             };
-            for r in audit_store::query(&path, &q)? {
+            for r in runtime()?.block_on(audit_store::query_location(&audit, &q))? {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

@@ -58,7 +58,8 @@ pub(crate) struct ServeArgs {
     /// Policy bundle directory.
     #[arg(long)]
     policies: Option<PathBuf>,
-    /// Audit log location [default: sqlite:gatehouse-audit.db].
+    /// Audit log location: sqlite:PATH, or postgres://USER@HOST:PORT/DB for an
+    /// audit shared by replicas [default: sqlite:gatehouse-audit.db].
     #[arg(long)]
     audit: Option<String>,
     /// Audit durability: `process` (WAL, synchronous=NORMAL; survives a
@@ -79,10 +80,11 @@ pub(crate) struct ServeArgs {
     /// after its files stay unchanged this long, in ms [default: 1000].
     #[arg(long)]
     settle_ms: Option<u64>,
-    /// Where budgets, revocations, grants and approvals persist
-    /// [default: next to the audit log, `<audit>.state.db`].
+    /// Where rate limits, budgets, revocations, grants and approvals live:
+    /// a SQLite file path, or `redis://HOST:PORT[/DB]` for state shared by
+    /// replicas [default: next to the audit log, `<audit>.state.db`].
     #[arg(long)]
-    state: Option<PathBuf>,
+    state: Option<String>,
     /// Require this bearer token on AdminService calls (revoke, grant,
     /// explain) [default: $GATEHOUSE_ADMIN_TOKEN, else the token in
     /// --admin-token-file, generated when missing].
@@ -151,7 +153,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     watch_ms: Option<u64>,
     settle_ms: Option<u64>,
-    state: Option<PathBuf>,
+    state: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
@@ -173,6 +175,8 @@ pub(crate) struct Settings {
     pub(crate) admin_token_created: Option<PathBuf>,
     pub(crate) audit: String,
     pub(crate) audit_options: AuditOptions,
+    /// A SQLite path or a `redis://` URL (see `control_store::open`).
+    pub(crate) state: String,
     pub(crate) server: ServerConfig,
 }
 
@@ -220,13 +224,25 @@ impl ServeArgs {
             .audit
             .or(file.audit)
             .unwrap_or_else(|| DEFAULT_AUDIT.to_owned());
-        let audit_path = audit_store::SqliteAudit::location(&audit)?;
+        // A PostgreSQL audit has no local file; local files (the state
+        // store, the admin token) then default to the working directory.
+        let audit_path = if audit_store::is_postgres(&audit) {
+            PathBuf::from("gatehouse-audit.db")
+        } else {
+            audit_store::SqliteAudit::location(&audit)?
+        };
         let state = self.state.or(file.state).unwrap_or_else(|| {
             let mut p = audit_path.clone().into_os_string();
             p.push(".state.db");
-            PathBuf::from(p)
+            PathBuf::from(p).display().to_string()
         });
-        server.state = Some(state.clone());
+        // Local files (the admin token) sit beside the state store, or
+        // beside the audit log when the state is remote.
+        let local_base = if state.contains("://") {
+            audit_path.clone()
+        } else {
+            PathBuf::from(&state)
+        };
         server.admin_token = self
             .admin_token
             .or(file.admin_token)
@@ -239,7 +255,7 @@ impl ServeArgs {
             let path = self
                 .admin_token_file
                 .or(file.admin_token_file)
-                .unwrap_or_else(|| state.with_extension("admin-token"));
+                .unwrap_or_else(|| local_base.with_extension("admin-token"));
             let (token, created) = sidecar_server::load_or_create_admin_token(&path)
                 .with_context(|| format!("admin token file {}", path.display()))?;
             server.admin_token = Some(token);
@@ -288,6 +304,7 @@ impl ServeArgs {
             admin_token_created,
             audit,
             audit_options,
+            state,
             server,
         })
     }

@@ -174,7 +174,13 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
                 } else {
                     "local_fallback"
                 };
-                return Ok(Outcome::from_core(bundle.evaluate(event), decided_by));
+                // The one decision function, over this process's own state
+                // (it lives for one call: revocations and limits need a
+                // relay or a server).
+                let state = control_store::LocalStore::memory();
+                let d = now_or_never(control_store::decide(&bundle, event, &state))
+                    .ok_or("the local state store did not answer at once")?;
+                return Ok(Outcome::from_core(d.decision, decided_by));
             }
             Err(e) => errors.push(format!("bundle {}: {e}", dir.display())),
         }
@@ -183,6 +189,17 @@ fn decide(args: &HookArgs, event: &policy_core::Event) -> Result<Outcome, String
         errors.push("no relay is running and no --server or --policies was given".into());
     }
     Err(errors.join("; "))
+}
+
+/// Polls a future that never waits (the in-memory store's) once; `None`
+/// if it would have waited.
+fn now_or_never<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 fn via_socket(

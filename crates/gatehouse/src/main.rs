@@ -14,7 +14,6 @@ mod timefmt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -150,6 +149,15 @@ fn bundle_lock(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An audit location for logs: a path as given, a URL without its
+/// password.
+fn audit_label(location: &str) -> String {
+    match (location.split_once("://"), location.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &location[at + 1..]),
+        _ => location.to_owned(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -225,14 +233,16 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
                     settings.server.policies.display()
                 )
             })?;
-        let audit_path = audit_store::SqliteAudit::location(&settings.audit)?;
-        let audit = Arc::new(
-            audit_store::SqliteAudit::open_with(&audit_path, settings.audit_options)
-                .with_context(|| format!("opening audit log {}", audit_path.display()))?,
-        );
-        if let Err(why) = audit_store::AuditStore::health(&*audit) {
-            tracing::error!(audit = %audit_path.display(), %why, "the audit log cannot commit: not ready, and every decision is a DENY audit_unavailable until it can");
+        let audit_label = audit_label(&settings.audit);
+        let audit = audit_store::open(&settings.audit, settings.audit_options)
+            .await
+            .with_context(|| format!("opening audit log {audit_label}"))?;
+        if let Err(why) = audit.health() {
+            tracing::error!(audit = %audit_label, %why, "the audit log cannot commit: not ready, and every decision is a DENY audit_unavailable until it can");
         }
+        let state = control_store::open(&settings.state)
+            .await
+            .with_context(|| format!("opening the state store {}", settings.state))?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -248,7 +258,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
             policies = %settings.server.policies.display(),
             bundle = bundle.hash(),
             policy_count = bundle.policy_count(),
-            audit = %audit_path.display(),
+            audit = %audit_label,
+            state = %state.describe(),
             "gatehouse serving"
         );
         drop(bundle);
@@ -283,6 +294,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
             settings.server,
             policy,
             audit.clone(),
+            state,
             listener,
             shutdown,
         )
@@ -290,7 +302,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<ExitCode> {
         // Drained: commit what is queued, sign the head, fold the WAL.
         match tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            audit_store::AuditStore::flush(&*audit),
+            audit.flush(),
         )
         .await
         {

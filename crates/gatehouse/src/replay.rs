@@ -46,7 +46,7 @@ pub(crate) struct ReplayArgs {
 }
 
 enum Decider {
-    Local(Box<policy_core::Bundle>),
+    Local(Box<policy_core::Bundle>, control_store::LocalStore),
     Server {
         client: Client,
         sessions: HashMap<(String, String), Session>,
@@ -70,10 +70,14 @@ fn reader(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut decider = match (&args.server, &args.local) {
-        (_, Some(dir)) => Decider::Local(Box::new(
-            policy_core::Bundle::load(bundle_dir::read_bundle_dir(dir)?)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )),
+        (_, Some(dir)) => Decider::Local(
+            Box::new(
+                policy_core::Bundle::load(bundle_dir::read_bundle_dir(dir)?)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            // Limits, budgets and grants carry across the replayed events.
+            control_store::LocalStore::memory(),
+        ),
         (Some(url), None) => Decider::Server {
             client: Client::new(ClientConfig {
                 server: Some(url.clone()),
@@ -140,8 +144,8 @@ async fn decide(
         event.event_id = format!("replay-{}-{line}", std::process::id());
     }
     Ok(match decider {
-        Decider::Local(bundle) => {
-            let d = bundle.evaluate(&event);
+        Decider::Local(bundle, state) => {
+            let d = control_store::decide(bundle, &event, state).await.decision;
             let output = is_post(&event).then(|| agent_adapters::verdict_word(&event, &d));
             serde_json::json!({
                 "line": line,

@@ -482,8 +482,7 @@ mod tests {
                 LimitOutcome::Ok
             ));
         }
-        let LimitOutcome::RateLimited { retry_after_ms, .. } =
-            admit(&mut st, &e, &r, 10, 1_000)
+        let LimitOutcome::RateLimited { retry_after_ms, .. } = admit(&mut st, &e, &r, 10, 1_000)
         else {
             panic!("fourth request must be limited")
         };

@@ -60,8 +60,14 @@ pub struct SpoolConfig {
 /// Everything a [`Client`](crate::Client) needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The server, e.g. `http://127.0.0.1:7468`. `None`: decide locally only.
+    /// The server, e.g. `http://127.0.0.1:7468`, or several replicas
+    /// separated by commas (`http://a:7468,http://b:7468`). `None` (and no
+    /// `endpoints`): decide locally only.
     pub server: Option<String>,
+    /// More replicas, tried in order after those in `server`. A session
+    /// whose stream ends moves to the next replica at once, before it
+    /// falls back to deciding locally.
+    pub endpoints: Vec<String>,
     /// Deadline for an event whose kind has no entry in `deadlines`.
     pub default_deadline: Duration,
     /// Deadline per event kind (`pre_tool_use`, `post_tool_use`, …).
@@ -88,10 +94,25 @@ pub struct ClientConfig {
     pub token: Option<String>,
 }
 
+impl ClientConfig {
+    /// Every replica URL, in the order they are tried.
+    pub fn server_urls(&self) -> Vec<String> {
+        self.server
+            .iter()
+            .flat_map(|s| s.split(','))
+            .chain(self.endpoints.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             server: None,
+            endpoints: Vec::new(),
             default_deadline: Duration::from_millis(8),
             deadlines: HashMap::new(),
             fail_mode: FailMode::Closed,

@@ -94,12 +94,12 @@ struct BundleState {
 #[derive(Debug)]
 struct ClientInner {
     config: ClientConfig,
-    channel: Option<Channel>,
+    /// One lazily connected channel per replica, in the order tried.
+    channels: Vec<Channel>,
     bundle: RwLock<Option<Arc<BundleState>>>,
-    /// Revocations the server pushed; they hold in the fallback too.
-    revocations: RwLock<policy_core::Revocations>,
-    /// The fallback's own rate-limit and budget state.
-    limits: std::sync::Mutex<policy_core::LimitState>,
+    /// The fallback's own state: the revocations the server pushed (they
+    /// hold in the fallback too), its own rate limits and budgets.
+    state: control_store::LocalStore,
     spool: Option<spool::Spool>,
     spool_dirty: tokio::sync::Notify,
     flushing: std::sync::atomic::AtomicBool,
@@ -140,10 +140,7 @@ impl ClientInner {
     }
 
     fn set_revocations(&self, r: policy_core::Revocations) {
-        *self
-            .revocations
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+        self.state.set_revocations(r);
     }
 
     fn bundle_hash(&self) -> String {
@@ -165,27 +162,24 @@ impl Client {
     /// Builds a client. Must be called inside a tokio runtime. Connecting
     /// is lazy: sessions open their streams in the background.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        let channel = match &config.server {
-            None => None,
-            Some(url) => {
-                let endpoint = tls::endpoint(url, config.tls.as_ref())?
-                    .connect_timeout(config.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(config.keepalive_interval)
-                    .keep_alive_timeout(config.keepalive_timeout)
-                    .keep_alive_while_idle(true);
-                Some(endpoint.connect_lazy())
-            }
-        };
+        let mut channels = Vec::new();
+        for url in config.server_urls() {
+            let endpoint = tls::endpoint(&url, config.tls.as_ref())?
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(true);
+            channels.push(endpoint.connect_lazy());
+        }
         let spool = match &config.spool {
             Some(s) => Some(spool::Spool::open(&s.path, s.max_bytes)?),
             None => None,
         };
         let inner = Arc::new(ClientInner {
-            channel,
+            channels,
             bundle: RwLock::new(None),
-            revocations: RwLock::default(),
-            limits: std::sync::Mutex::default(),
+            state: control_store::LocalStore::memory(),
             spool,
             spool_dirty: tokio::sync::Notify::new(),
             flushing: std::sync::atomic::AtomicBool::new(false),
@@ -213,11 +207,12 @@ impl Client {
 
     /// The revocations the fallback enforces (as last pushed by the server).
     pub fn revocations(&self) -> policy_core::Revocations {
+        use control_store::ControlStore as _;
         self.inner
-            .revocations
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .state
+            .revocations()
+            .map(|r| (*r).clone())
+            .unwrap_or_default()
     }
 
     /// The hash of the bundle the fallback would use, if any.

@@ -78,7 +78,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn open(client: Arc<ClientInner>, info: SessionInfo) -> Self {
         let max = client.config.max_in_flight.max(1);
-        let has_server = client.channel.is_some();
+        let has_server = !client.channels.is_empty();
         let shared = Arc::new(Shared {
             client,
             info,
@@ -91,11 +91,7 @@ impl Session {
             next_corr: AtomicU64::new(1),
         });
         let (close, closed) = watch::channel(false);
-        let driver = shared
-            .client
-            .channel
-            .is_some()
-            .then(|| tokio::spawn(drive(shared.clone(), closed)));
+        let driver = has_server.then(|| tokio::spawn(drive(shared.clone(), closed)));
         Self {
             shared,
             close,
@@ -147,7 +143,7 @@ impl Session {
         let deadline = Instant::now() + s.client.config.deadline_for(event.kind.name());
         // Bounded in-flight events: waiting here is the backpressure.
         let Ok(_permit) = tokio::time::timeout_at(deadline, s.in_flight.acquire()).await else {
-            return s.local(&event, FallbackCause::Timeout, "");
+            return s.local(&event, FallbackCause::Timeout, "").await;
         };
         if s.first_attempt.load(Ordering::Acquire) && lock(&s.outbound).is_none() {
             let mut rx = s.connected.subscribe();
@@ -160,7 +156,7 @@ impl Session {
         }
         let tx = lock(&s.outbound).clone();
         let Some(tx) = tx else {
-            return s.local(&event, FallbackCause::Disconnected, "");
+            return s.local(&event, FallbackCause::Disconnected, "").await;
         };
         let corr = s.next_corr.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -181,7 +177,7 @@ impl Session {
             Err(_) => FallbackCause::Timeout,
         };
         lock(&s.pending).remove(&corr);
-        s.local(&event, cause, &corr.to_string())
+        s.local(&event, cause, &corr.to_string()).await
     }
 
     /// Closes the stream and waits for the background task to finish.
@@ -232,7 +228,12 @@ impl Shared {
 
     /// Decides with the local bundle, or by the fail mode when there is no
     /// usable bundle, and spools the decision for the audit.
-    fn local(&self, event: &Event, cause: FallbackCause, correlation_id: &str) -> ClientDecision {
+    async fn local(
+        &self,
+        event: &Event,
+        cause: FallbackCause,
+        correlation_id: &str,
+    ) -> ClientDecision {
         let c = &self.client;
         Stats::bump(&c.stats.local_decisions);
         let usable = c.current_bundle().map(|b| {
@@ -245,27 +246,17 @@ impl Shared {
                 .is_none_or(|max| Duration::from_millis(age) <= max);
             (b, fresh)
         });
-        let revocations = c
-            .revocations
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let revocations = {
+            use control_store::ControlStore as _;
+            c.state.revocations().unwrap_or_default()
+        };
         let revoked = policy_core::Bundle::revoked(&revocations, event);
         let (decision, decided_by) = match usable {
             Some((b, true)) => {
-                let mut limits = c
-                    .limits
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let d = b.bundle.decide(
-                    event,
-                    policy_core::Controls {
-                        now_ms: u64::try_from(crate::now_ms()).unwrap_or(0),
-                        revocations: Some(&revocations),
-                        grants: None,
-                        limits: Some(&mut limits),
-                    },
-                );
+                // The one decision function, over the fallback's own state.
+                let d = control_store::decide(&b.bundle, event, &c.state)
+                    .await
+                    .decision;
                 (d, DecidedBy::LocalFallback)
             }
             other if revoked.is_some() => {
@@ -377,17 +368,23 @@ fn backoff(cfg: &crate::Backoff) -> impl Iterator<Item = Duration> + use<> {
 /// The session's background task: connect, run the stream until it ends,
 /// wait a jittered, growing delay, reconnect; until the session closes.
 async fn drive(shared: Arc<Shared>, mut closed: watch::Receiver<bool>) {
-    let Some(channel) = shared.client.channel.clone() else {
+    let channels = shared.client.channels.clone();
+    if channels.is_empty() {
         return;
-    };
+    }
     let cfg = shared.client.config.backoff;
     let mut delays = backoff(&cfg);
+    // The replica tried next, and how many were tried in a row without a
+    // stream: a stream that ends moves the session to the next replica at
+    // once; only a full round of failures waits.
+    let mut next = 0usize;
+    let mut failed_in_row = 0usize;
     let mut first = true;
     loop {
         if *closed.borrow() {
             break;
         }
-        if !first {
+        if !first && failed_in_row >= channels.len() {
             // Even the first reconnect waits a jittered delay, so that many
             // clients that lost the same server do not return in lockstep.
             let delay = delays.next().unwrap_or(cfg.max_delay);
@@ -395,10 +392,13 @@ async fn drive(shared: Arc<Shared>, mut closed: watch::Receiver<bool>) {
                 () = tokio::time::sleep(delay) => {}
                 _ = closed.changed() => break,
             }
+            failed_in_row = 0;
         }
         first = false;
         Stats::bump(&shared.client.stats.connect_attempts);
-        let attempt = shared.connect(channel.clone()).await;
+        let channel = channels[next % channels.len()].clone();
+        next = next.wrapping_add(1);
+        let attempt = shared.connect(channel).await;
         if attempt.is_err() {
             shared.first_attempt.store(false, Ordering::Release);
             // Wake anyone waiting for this first attempt.
@@ -409,8 +409,13 @@ async fn drive(shared: Arc<Shared>, mut closed: watch::Receiver<bool>) {
                 delays = backoff(&cfg);
                 Stats::bump(&shared.client.stats.streams_opened);
                 shared.run(tx, inbound, &mut closed).await;
+                // With one replica, reconnecting to it waits as before.
+                failed_in_row = usize::from(channels.len() == 1);
             }
-            Err(e) => tracing::debug!(error = %e, "gatehouse stream did not open"),
+            Err(e) => {
+                failed_in_row += 1;
+                tracing::debug!(error = %e, "gatehouse stream did not open");
+            }
         }
     }
     shared.disconnect();

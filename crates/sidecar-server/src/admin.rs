@@ -155,9 +155,14 @@ impl v1::admin_service_server::AdminService for AdminSvc {
                 ..AuditRecord::default()
             })
             .await?;
-        let r = self.inner.control.revoke(agent, &req.id, req.restore);
+        let r = self
+            .inner
+            .control
+            .revoke(agent, &req.id, req.restore)
+            .await
+            .map_err(|e| status(Code::Unavailable, "state_unavailable", e.to_string()))?;
         tracing::warn!(agent, id = %req.id, restore = req.restore, "revocation changed");
-        if !self.inner.control.persist().await {
+        if !self.inner.control.flush().await {
             tracing::error!(id = %req.id, "the revocation is in force but not yet persisted");
         }
         Ok(Response::new(v1::RevokeResponse {
@@ -177,7 +182,13 @@ impl v1::admin_service_server::AdminService for AdminSvc {
         } else {
             req.ttl_ms
         };
-        let Some(g) = self.inner.control.grant(&req.approval_id, ttl) else {
+        let found = self
+            .inner
+            .control
+            .grant(&req.approval_id, ttl, control_store::now_ms())
+            .await
+            .map_err(|e| status(Code::Unavailable, "state_unavailable", e.to_string()))?;
+        let Some(g) = found else {
             return Err(status(
                 Code::NotFound,
                 "unknown_approval",
@@ -187,7 +198,7 @@ impl v1::admin_service_server::AdminService for AdminSvc {
                 ),
             ));
         };
-        if !self.inner.control.persist().await {
+        if !self.inner.control.flush().await {
             tracing::error!(approval = %g.approval_id, "the grant is in force but not yet persisted");
         }
         let seq = self

@@ -9,7 +9,6 @@
 //! invalid one.
 
 mod admin;
-mod control;
 mod metrics;
 mod service;
 mod status;
@@ -21,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_store::AuditStore;
+use control_store::ControlStore;
 use hook_proto::v1::hook_service_server::HookServiceServer;
 use policy_core::{Bundle, BundleError};
 use tokio::net::TcpListener;
@@ -49,9 +49,6 @@ pub struct ServerConfig {
     /// A changed bundle without a manifest is activated by the watcher or
     /// SIGHUP only after its files stay unchanged this long.
     pub settle: Duration,
-    /// Where budgets, revocations, grants and approvals persist. `None`
-    /// keeps them in memory only.
-    pub state: Option<PathBuf>,
     /// When set, AdminService calls must carry `authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// A decision whose audit record has not committed within this long is
@@ -78,7 +75,6 @@ impl ServerConfig {
             max_streams_per_connection: 1024,
             watch_interval: Some(Duration::from_secs(2)),
             settle: DEFAULT_SETTLE,
-            state: None,
             admin_token: None,
             audit_deadline: DEFAULT_AUDIT_DEADLINE,
             metrics_listen: None,
@@ -250,6 +246,7 @@ pub async fn serve(
     config: ServerConfig,
     policy: PolicyHandle,
     audit: Arc<dyn AuditStore>,
+    state: Arc<dyn ControlStore>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
@@ -290,12 +287,10 @@ pub async fn serve(
         }
         None => None,
     };
-    let control = Arc::new(
-        control::ControlPlane::open(config.state.as_deref())
-            .map_err(|e| ServerError::State(e.to_string()))?,
-    );
+    tracing::info!(state = %state.describe(), "state store");
+    let service_state = state.clone();
     let service = service::HookSvc::new(
-        control,
+        state,
         policy.clone(),
         audit.clone(),
         metrics.clone(),
@@ -320,7 +315,12 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let readiness = tokio::spawn(readiness_loop(health_reporter, audit, metrics.clone()));
+    let readiness = tokio::spawn(readiness_loop(
+        health_reporter,
+        audit,
+        service_state,
+        metrics.clone(),
+    ));
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hook_proto::v1::FILE_DESCRIPTOR_SET)
@@ -377,20 +377,23 @@ pub async fn serve(
 
 /// Keeps the gRPC health status true to whether decisions can be made and
 /// recorded: NOT_SERVING (for the server, "", and the hook service) while
-/// the audit cannot commit (read-only, locked, full, its file deleted),
+/// the audit cannot commit (read-only, locked, full, its file deleted) or
+/// the state store cannot answer,
 /// SERVING otherwise. A bundle is always loaded: the server does not start
 /// without a valid one and never swaps in an invalid one.
 async fn readiness_loop(
     reporter: tonic_health::server::HealthReporter,
     audit: Arc<dyn AuditStore>,
+    state: Arc<dyn ControlStore>,
     metrics: Arc<Metrics>,
 ) {
     use tonic_health::ServingStatus;
     let mut last: Option<bool> = None;
     loop {
-        let health = audit.health();
+        let audit_health = audit.health();
+        metrics.set_audit_ready(audit_health.is_ok());
+        let health = audit_health.and_then(|()| state.health());
         let ready = health.is_ok();
-        metrics.set_audit_ready(ready);
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
@@ -398,9 +401,9 @@ async fn readiness_loop(
                 ServingStatus::NotServing
             };
             if let Err(why) = &health {
-                tracing::error!(%why, "not ready: the audit cannot commit");
+                tracing::error!(%why, "not ready");
             } else if last.is_some() {
-                tracing::info!("ready: the audit commits again");
+                tracing::info!("ready: the audit commits and the state store answers again");
             }
             reporter.set_service_status("", status).await;
             reporter

@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::PolicyHandle;
-use crate::control::ControlPlane;
 use crate::status::{inbound_error, status};
 use crate::tls::{AgentTokens, Caller, PeerIdentity};
+use control_store::ControlStore;
 
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
@@ -31,7 +31,7 @@ pub(crate) struct HookSvc {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) control: Arc<ControlPlane>,
+    pub(crate) control: Arc<dyn ControlStore>,
     pub(crate) policy: PolicyHandle,
     pub(crate) audit: Arc<dyn AuditStore>,
     pub(crate) metrics: Arc<crate::Metrics>,
@@ -109,7 +109,7 @@ struct Peer {
 
 impl HookSvc {
     pub(crate) fn new(
-        control: Arc<ControlPlane>,
+        control: Arc<dyn ControlStore>,
         policy: PolicyHandle,
         audit: Arc<dyn AuditStore>,
         metrics: Arc<crate::Metrics>,
@@ -203,6 +203,7 @@ impl Inner {
         caller: &Caller,
     ) -> v1::Decision {
         let started = std::time::Instant::now();
+        let mut reserved = Vec::new();
         let (event, decision) = match event_from_proto(wire) {
             // Every decision is recorded and matched by its event id: an
             // event without one cannot be attributed or replayed safely.
@@ -259,7 +260,12 @@ impl Inner {
                 } else {
                     match mismatch {
                         Some((code, why)) => Decision::deny(code, why, bundle.hash()),
-                        None => self.control.decide(bundle, &event),
+                        None => {
+                            let decided =
+                                control_store::decide(bundle, &event, self.control.as_ref()).await;
+                            reserved = decided.reserved;
+                            decided.decision
+                        }
                     }
                 };
                 (event, decision)
@@ -310,6 +316,12 @@ impl Inner {
             Ok(seq) => (decision, seq),
             Err(e) => {
                 tracing::error!(error = %e, event_id = %wire.event_id, "audit append failed; denying");
+                // What the undelivered decision reserved goes back.
+                if !reserved.is_empty()
+                    && let Err(e) = self.control.release(reserved).await
+                {
+                    tracing::warn!(error = %e, "cannot release reservations");
+                }
                 let d = Decision::deny(
                     ReasonCode::AuditUnavailable,
                     format!("the decision could not be recorded: {e}"),
