@@ -237,14 +237,29 @@ fn floor_server(kind: &str, bundle: &Path) -> anyhow::Result<Server> {
 }
 
 fn gatehouse_server(exe: &Path, bundle: &Path, audit_dir: &Path) -> anyhow::Result<Server> {
+    gatehouse_server_on(
+        exe,
+        bundle,
+        &format!("sqlite:{}", audit_dir.join("audit.db").display()),
+        &audit_dir.join("state.db").display().to_string(),
+    )
+}
+
+fn gatehouse_server_on(
+    exe: &Path,
+    bundle: &Path,
+    audit: &str,
+    state: &str,
+) -> anyhow::Result<Server> {
     let port = free_port()?;
+    let work = std::env::temp_dir();
     let child = Command::new(exe)
         .arg("serve")
         .arg("--policies")
         .arg(bundle)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--audit")
-        .arg(format!("sqlite:{}", audit_dir.join("audit.db").display()))
+        .args(["--audit", audit, "--state", state])
+        .current_dir(work)
         // Load generators exit without closing their streams: not news.
         .env("RUST_LOG", "error")
         .spawn()?;
@@ -363,8 +378,71 @@ pub(crate) fn rows(scale: usize, org50: &Path) -> anyhow::Result<Remote> {
         drop(server);
         bytes += crate::audit_bytes(audit.path());
     }
+    rows.extend(scale_rows(&exe, &quickstart, n)?);
     Ok(Remote {
         rows,
         audit_bytes_per_decision: bytes as f64 / decisions.max(1) as f64,
     })
+}
+
+/// The quickstart with one rate limit every event consumes (so that the
+/// state store is on the path of every decision).
+fn limited_bundle(quickstart: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(quickstart)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
+        }
+    }
+    let toml = dir.path().join("bundle.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap_or_default();
+    text.push_str(
+        "\n[[rate_limits]]\nname = \"bench\"\nactions = [\"call_tool\"]\nkey = [\"agent\"]\nlimit = 100000000\nwindow = \"1h\"\n",
+    );
+    std::fs::write(toml, text)?;
+    Ok(dir)
+}
+
+/// The same server and load with each state store and audit backend:
+/// SQLite for both (the embedded default), Redis state, and Redis state
+/// with the PostgreSQL audit (real services on loopback, started here).
+fn scale_rows(exe: &Path, quickstart: &Path, n: usize) -> anyhow::Result<Vec<Row>> {
+    let bundle = limited_bundle(quickstart)?;
+    let redis = gatehouse_tests::services::Redis::start()?;
+    let pg = gatehouse_tests::services::Postgres::start()?;
+    let local = tempfile::tempdir()?;
+    let sqlite_audit = format!("sqlite:{}", local.path().join("audit.db").display());
+    let sqlite_state = local.path().join("state.db").display().to_string();
+    let mut rows = Vec::new();
+    for (label, audit, state) in [
+        ("sqlite state + sqlite audit", &sqlite_audit, &sqlite_state),
+        ("redis state + sqlite audit", &sqlite_audit, &redis.url),
+        ("redis state + postgres audit", &pg.url, &redis.url),
+    ] {
+        let server = gatehouse_server_on(exe, bundle.path(), audit, state)?;
+        for (shape, args) in [
+            (
+                "stream, 1 stream, sequential",
+                vec![
+                    "stream".to_owned(),
+                    "1".into(),
+                    "1".into(),
+                    (n / 4).to_string(),
+                ],
+            ),
+            (
+                "stream, 100 streams",
+                vec!["stream".into(), "100".into(), "1".into(), n.to_string()],
+            ),
+        ] {
+            rows.push(load(
+                &format!("gatehouse, {label}, {shape}"),
+                &server.url,
+                &args,
+                "quickstart + 1 rate limit",
+            )?);
+        }
+    }
+    Ok(rows)
 }

@@ -8,8 +8,9 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci            fmt check, clippy -D warnings, every test, conformance,
-                `gatehouse test` on every example bundle, fuzz smoke
+  ci            fmt check, clippy -D warnings, every test (with real Redis and
+                PostgreSQL, see services), conformance, `gatehouse test` on
+                every example bundle, instruction counts, fuzz smoke
   test          every test (cargo nextest when installed, else cargo test)
   conformance   the conformance corpus on every path
   bench         latency and throughput on every path, and instructions per
@@ -20,7 +21,11 @@ tasks:
   soak [SECS]   the release server at full load for SECS (600) with audit
                 rotation and retention: disk use per decision and its bound
   fuzz --smoke  every cargo fuzz target briefly over its committed corpus
-                (installs cargo-fuzz when missing; needs a nightly toolchain)";
+                (installs cargo-fuzz when missing; needs a nightly toolchain)
+  services up   a real Redis and PostgreSQL on free loopback ports, data in
+                temp dirs (apt-installs redis-server and postgresql when
+                missing); prints their URLs
+  services down stops them and removes their data";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -37,6 +42,10 @@ fn main() -> ExitCode {
             bench(&["--soak", &secs])
         }
         "fuzz" => fuzz(std::env::args().any(|a| a == "--smoke")),
+        "services" => match std::env::args().nth(2).as_deref() {
+            Some(action @ ("up" | "down")) => services(action),
+            _ => Err(format!("usage: cargo xtask services up|down\n\n{USAGE}")),
+        },
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -145,11 +154,31 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
-    test()?;
+    // The scale tests start their own Redis and PostgreSQL; this installs
+    // them when missing and shows they start, before the tests need them.
+    services("up")?;
+    let tested = test();
+    services("down")?;
+    tested?;
     conformance()?;
     bundle_tests()?;
     icount_check()?;
     fuzz(true)
+}
+
+/// `services up|down` (see USAGE): the logic lives in the tests crate's
+/// `gatehouse-services` binary, so xtask stays dependency-free.
+fn services(action: &str) -> Result<(), String> {
+    cargo(&[
+        "run",
+        "-q",
+        "-p",
+        "gatehouse-tests",
+        "--bin",
+        "gatehouse-services",
+        "--",
+        action,
+    ])
 }
 
 /// The icount workloads and their iteration counts (N; each also runs 2N).

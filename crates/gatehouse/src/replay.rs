@@ -46,7 +46,7 @@ pub(crate) struct ReplayArgs {
 }
 
 enum Decider {
-    Local(Box<policy_core::Bundle>, control_store::LocalStore),
+    Local(Box<policy_core::Bundle>, Box<control_store::LocalStore>),
     Server {
         client: Client,
         sessions: HashMap<(String, String), Session>,
@@ -76,7 +76,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
             ),
             // Limits, budgets and grants carry across the replayed events.
-            control_store::LocalStore::memory(),
+            Box::new(control_store::LocalStore::memory()),
         ),
         (Some(url), None) => Decider::Server {
             client: Client::new(ClientConfig {
@@ -145,7 +145,9 @@ async fn decide(
     }
     Ok(match decider {
         Decider::Local(bundle, state) => {
-            let d = control_store::decide(bundle, &event, state).await.decision;
+            let d = control_store::decide(bundle, &event, state.as_ref())
+                .await
+                .decision;
             let output = is_post(&event).then(|| agent_adapters::verdict_word(&event, &d));
             serde_json::json!({
                 "line": line,
