@@ -61,6 +61,15 @@ struct Replica {
 
 impl Replica {
     async fn start(policies: &Path, state: &str, audit: &str) -> anyhow::Result<Self> {
+        Self::start_with(policies, state, audit, &[]).await
+    }
+
+    async fn start_with(
+        policies: &Path,
+        state: &str,
+        audit: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = gatehouse_tests::services::free_port()?;
         let child = Command::new(gatehouse_bin())
@@ -70,6 +79,7 @@ impl Replica {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--audit", audit, "--state", state])
             .args(["--admin-token", TOKEN])
+            .args(extra)
             .current_dir(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -366,8 +376,10 @@ async fn a_stopped_service_fails_closed_and_recovers() -> anyhow::Result<()> {
     }
     a.wait_ready(true).await?;
 
-    // PostgreSQL stops: decisions fail closed with `audit_unavailable`.
+    // PostgreSQL stops: the idle replica turns unready by itself, and
+    // decisions fail closed with `audit_unavailable`.
     pg.stop();
+    a.wait_ready(false).await?;
     let d = s.decide(decide()).await;
     assert_eq!(
         (d.verdict, d.reason_code.as_str()),
@@ -375,6 +387,8 @@ async fn a_stopped_service_fails_closed_and_recovers() -> anyhow::Result<()> {
         "{d:?}"
     );
     pg.resume()?;
+    // Ready again without a decision to prove it.
+    a.wait_ready(true).await?;
     let back = Instant::now();
     loop {
         let d = s.decide(decide()).await;
@@ -388,5 +402,58 @@ async fn a_stopped_service_fails_closed_and_recovers() -> anyhow::Result<()> {
     }
     let (ok, out) = verify_cli(&pg.url);
     assert!(ok, "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_one_replica_activates_reaches_the_others_through_the_store() -> anyhow::Result<()>
+{
+    let redis = Redis::start()?;
+    let policies = bundle(100_000);
+    let audit_dir = tempfile::tempdir()?;
+    let audit = |n: &str| format!("sqlite:{}", audit_dir.path().join(n).display());
+    // No directory polling: only SIGHUP (on A) or an announcement (on B)
+    // makes a replica look at its bundle.
+    let a = Replica::start_with(
+        policies.path(),
+        &redis.url,
+        &audit("a.db"),
+        &["--watch-ms", "0", "--settle-ms", "100"],
+    )
+    .await?;
+    let b = Replica::start_with(
+        policies.path(),
+        &redis.url,
+        &audit("b.db"),
+        &["--watch-ms", "0", "--settle-ms", "100"],
+    )
+    .await?;
+    let cb = client(b.url.clone(), None);
+    let sb = session(&cb, "alice-bot", "s-bundle").await;
+    assert_eq!(sb.decide(bash("before")).await.verdict, Verdict::Allow);
+    std::fs::write(
+        policies.path().join("p.cedar"),
+        r#"@id("allow") permit(principal, action, resource);
+@id("no-bash") forbid(principal, action, resource == Gatehouse::Tool::"Bash");"#,
+    )?;
+    let status = Command::new("kill")
+        .args(["-HUP", &a.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let d = sb.decide(bash(&format!("after-{n}"))).await;
+        if d.verdict == Verdict::Deny {
+            assert_eq!(d.policies, vec!["no-bash".to_owned()], "{d:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "replica B never activated the bundle replica A announced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }

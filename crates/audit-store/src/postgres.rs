@@ -23,6 +23,8 @@ use crate::{AuditError, AuditRecord, AuditStore, BoxFuture, DEFAULT_QUEUE};
 const MAX_BATCH: usize = 512;
 /// Connecting gets this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle writer checks that the database answers.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Rows read per page when verifying or querying.
 const PAGE: i64 = 10_000;
 
@@ -169,9 +171,60 @@ fn row_to_record(r: &Row) -> Result<StoredRecord, tokio_postgres::Error> {
     })
 }
 
-/// Commits one batch; returns each pending's sequence number.
-async fn commit_batch(client: &mut Client, batch: &[Pending]) -> Result<Vec<u64>, AuditError> {
-    let tx = client.transaction().await.map_err(db)?;
+/// The statements a connection prepared once.
+struct Prepared {
+    client: Client,
+    /// Every column of a batch as one array each, inserted by one
+    /// statement that also moves the head.
+    insert: tokio_postgres::Statement,
+    find: tokio_postgres::Statement,
+}
+
+impl Prepared {
+    async fn new(client: Client) -> Result<Self, AuditError> {
+        let insert = client
+            .prepare(
+                "WITH rows AS ( \
+                   INSERT INTO audit (seq, time_ms, record_kind, session_id, agent_id, runtime, \
+                     event_kind, event_id, correlation_id, resource, verdict, reason_code, \
+                     policies, decided_by, bundle_hash, detail, prev_hash, hash) \
+                   SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], \
+                     $16::text[], $17::text[], $18::text[]) \
+                   RETURNING 1) \
+                 UPDATE audit_head SET seq = $19, hash = $20 \
+                 WHERE id = 1 AND (SELECT count(*) FROM rows) = cardinality($1::bigint[])",
+            )
+            .await
+            .map_err(db)?;
+        let find = client
+            .prepare(
+                "SELECT seq FROM audit WHERE record_kind = $1 AND event_id = $2 ORDER BY seq LIMIT 1",
+            )
+            .await
+            .map_err(db)?;
+        Ok(Self {
+            client,
+            insert,
+            find,
+        })
+    }
+}
+
+/// One batch's columns.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    time_ms: Vec<i64>,
+    text: [Vec<String>; 16],
+}
+
+/// Commits one batch in three round trips (BEGIN with the head row taken
+/// `FOR UPDATE`, one INSERT of every record that also moves the head, and
+/// COMMIT); returns each pending's sequence number.
+async fn commit_batch(p: &mut Prepared, batch: &[Pending]) -> Result<Vec<u64>, AuditError> {
+    let tx = p.client.transaction().await.map_err(db)?;
     let head = tx
         .query_one(
             "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
@@ -181,32 +234,18 @@ async fn commit_batch(client: &mut Client, batch: &[Pending]) -> Result<Vec<u64>
         .map_err(db)?;
     let mut seq = to_u64(head.get::<_, i64>(0));
     let mut prev: String = head.get(1);
-    let insert = tx
-        .prepare(
-            "INSERT INTO audit (seq, time_ms, record_kind, session_id, agent_id, runtime, \
-             event_kind, event_id, correlation_id, resource, verdict, reason_code, policies, \
-             decided_by, bundle_hash, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        )
-        .await
-        .map_err(db)?;
-    let find = tx
-        .prepare(
-            "SELECT seq FROM audit WHERE record_kind = $1 AND event_id = $2 ORDER BY seq LIMIT 1",
-        )
-        .await
-        .map_err(db)?;
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut out = Vec::with_capacity(batch.len());
-    for p in batch {
-        let r = &p.record;
-        if p.once {
+    let mut cols = Columns::default();
+    for pending in batch {
+        let r = &pending.record;
+        if pending.once {
             let k = (r.record_kind.clone(), r.event_id.clone());
             if let Some(s) = seen.get(&k) {
                 out.push(*s);
                 continue;
             }
-            if let Some(row) = tx.query_opt(&find, &[&k.0, &k.1]).await.map_err(db)? {
+            if let Some(row) = tx.query_opt(&p.find, &[&k.0, &k.1]).await.map_err(db)? {
                 let s = to_u64(row.get::<_, i64>(0));
                 seen.insert(k, s);
                 out.push(s);
@@ -215,53 +254,77 @@ async fn commit_batch(client: &mut Client, batch: &[Pending]) -> Result<Vec<u64>
         }
         seq += 1;
         let hash = chain_hash(seq, &prev, r);
-        let policies = serde_json::to_string(&r.policies)?;
-        let seq_i = i64::try_from(seq).map_err(db)?;
-        tx.execute(
-            &insert,
-            &[
-                &seq_i,
-                &r.time_ms,
-                &r.record_kind,
-                &r.session_id,
-                &r.agent_id,
-                &r.runtime,
-                &r.event_kind,
-                &r.event_id,
-                &r.correlation_id,
-                &r.resource,
-                &r.verdict,
-                &r.reason_code,
-                &policies,
-                &r.decided_by,
-                &r.bundle_hash,
-                &r.detail,
-                &prev,
-                &hash,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        if p.once {
+        cols.seq.push(i64::try_from(seq).map_err(db)?);
+        cols.time_ms.push(r.time_ms);
+        let texts = [
+            r.record_kind.clone(),
+            r.session_id.clone(),
+            r.agent_id.clone(),
+            r.runtime.clone(),
+            r.event_kind.clone(),
+            r.event_id.clone(),
+            r.correlation_id.clone(),
+            r.resource.clone(),
+            r.verdict.clone(),
+            r.reason_code.clone(),
+            serde_json::to_string(&r.policies)?,
+            r.decided_by.clone(),
+            r.bundle_hash.clone(),
+            r.detail.clone(),
+            prev.clone(),
+            hash.clone(),
+        ];
+        for (col, v) in cols.text.iter_mut().zip(texts) {
+            col.push(v);
+        }
+        if pending.once {
             seen.insert((r.record_kind.clone(), r.event_id.clone()), seq);
         }
         out.push(seq);
         prev = hash;
     }
-    let seq_i = i64::try_from(seq).map_err(db)?;
-    tx.execute(
-        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
-        &[&seq_i, &prev],
-    )
-    .await
-    .map_err(db)?;
+    if !cols.seq.is_empty() {
+        let seq_i = i64::try_from(seq).map_err(db)?;
+        let t = &cols.text;
+        let moved = tx
+            .execute(
+                &p.insert,
+                &[
+                    &cols.seq,
+                    &cols.time_ms,
+                    &t[0],
+                    &t[1],
+                    &t[2],
+                    &t[3],
+                    &t[4],
+                    &t[5],
+                    &t[6],
+                    &t[7],
+                    &t[8],
+                    &t[9],
+                    &t[10],
+                    &t[11],
+                    &t[12],
+                    &t[13],
+                    &t[14],
+                    &t[15],
+                    &seq_i,
+                    &prev,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if moved != 1 {
+            return Err(db("the audit head did not move with the batch"));
+        }
+    }
     tx.commit().await.map_err(db)?;
     Ok(out)
 }
 
 async fn writer(
     url: String,
-    mut client: Option<Client>,
+    mut client: Option<Prepared>,
     mut rx: mpsc::Receiver<Pending>,
     health: Arc<Mutex<Result<(), String>>>,
 ) {
@@ -270,7 +333,32 @@ async fn writer(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = h;
     };
-    while let Some(first) = rx.recv().await {
+    // Readiness must follow the database even while no decision comes
+    // (a load balancer sends none to an unready replica): probe once a
+    // second when idle.
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+            _ = probe.tick() => {
+                if client.as_ref().is_none_or(|p| p.client.is_closed()) {
+                    client = reconnect(&url).await.ok();
+                }
+                let alive = match &client {
+                    Some(p) => tokio::time::timeout(PROBE_EVERY, p.client.simple_query("SELECT 1"))
+                        .await
+                        .map_err(|_| "no answer within 1 s".to_owned())
+                        .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
+                    None => Err("cannot connect".to_owned()),
+                };
+                set_health(alive.map_err(|e| format!("postgres audit: {e}")));
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -283,8 +371,8 @@ async fn writer(
         if batch.is_empty() {
             continue;
         }
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = match connect(&url).await {
+        if client.as_ref().is_none_or(|p| p.client.is_closed()) {
+            client = match reconnect(&url).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     set_health(Err(e.to_string()));
@@ -306,7 +394,7 @@ async fn writer(
             Err(e) => {
                 tracing::error!(error = %e, "postgres audit group commit failed");
                 set_health(Err(e.to_string()));
-                if client.as_ref().is_some_and(Client::is_closed) {
+                if client.as_ref().is_some_and(|p| p.client.is_closed()) {
                     client = None;
                 }
                 for p in batch {
@@ -317,11 +405,16 @@ async fn writer(
     }
 }
 
+async fn reconnect(url: &str) -> Result<Prepared, AuditError> {
+    Prepared::new(connect(url).await?).await
+}
+
 impl PgAudit {
     /// Connects, creates the schema when missing and starts the writer.
     pub async fn connect(url: &str) -> Result<Self, AuditError> {
         let client = connect(url).await?;
         ensure_schema(&client).await?;
+        let client = Prepared::new(client).await?;
         let health = Arc::new(Mutex::new(Ok(())));
         let (tx, rx) = mpsc::channel(DEFAULT_QUEUE);
         tokio::spawn(writer(url.to_owned(), Some(client), rx, health.clone()));

@@ -135,6 +135,16 @@ pub trait ControlStore: Send + Sync + Debug {
         Box::pin(async { true })
     }
 
+    /// Tells the replicas sharing this store that this one activated the
+    /// bundle `hash` (they then look at their own bundle directory).
+    fn announce_bundle(&self, _hash: &str) {}
+
+    /// Bundle hashes that replicas sharing this store activated, latest
+    /// first; `None` when the store has no other replicas.
+    fn bundle_announcements(&self) -> Option<watch::Receiver<String>> {
+        None
+    }
+
     /// Whether the store can serve decisions now; `Err` says why not.
     fn health(&self) -> Result<(), String> {
         Ok(())

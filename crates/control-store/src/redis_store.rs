@@ -12,6 +12,8 @@
 //!   subscription is down the store cannot vouch for the set, and
 //!   decisions fail closed (`state_unavailable`).
 //! - Grants and approvals are keys with the grant's or approval's TTL.
+//! - A replica that activates a bundle publishes its hash on another
+//!   channel; the others then look at their own bundle directory at once.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,6 +167,7 @@ pub struct RedisStore {
     client: redis::Client,
     conn: Mutex<Option<MultiplexedConnection>>,
     revocations: watch::Sender<Arc<Revocations>>,
+    bundles: watch::Sender<String>,
     live: Arc<AtomicBool>,
     script: redis::Script,
     url: String,
@@ -235,14 +238,17 @@ async fn read_revocations(conn: &mut MultiplexedConnection) -> Result<Revocation
 async fn follow_revocations(
     client: redis::Client,
     tx: watch::Sender<Arc<Revocations>>,
+    bundles: watch::Sender<String>,
     live: Arc<AtomicBool>,
 ) {
     let channel = key("events", "revocations");
+    let bundle_channel = key("events", "bundles");
     let mut pause = Duration::from_millis(50);
     loop {
         let attempt = async {
             let mut pubsub = timed(client.get_async_pubsub()).await?;
             timed(pubsub.subscribe(&channel)).await?;
+            timed(pubsub.subscribe(&bundle_channel)).await?;
             let mut conn = timed(client.get_multiplexed_async_connection()).await?;
             Ok::<_, StoreError>((pubsub, conn.clone(), read_revocations(&mut conn).await?))
         };
@@ -256,7 +262,16 @@ async fn follow_revocations(
                 tick.tick().await;
                 loop {
                     tokio::select! {
-                        m = messages.next() => if m.is_none() { break },
+                        m = messages.next() => match m {
+                            None => break,
+                            Some(m) if m.get_channel_name() == bundle_channel => {
+                                if let Ok(hash) = m.get_payload::<String>() {
+                                    bundles.send_replace(hash);
+                                }
+                                continue;
+                            }
+                            Some(_) => {}
+                        },
                         _ = tick.tick() => {}
                     }
                     match read_revocations(&mut conn).await {
@@ -299,9 +314,11 @@ impl RedisStore {
         let first = read_revocations(&mut conn).await?;
         let revocations = watch::Sender::new(Arc::new(first));
         let live = Arc::new(AtomicBool::new(false));
+        let bundles = watch::Sender::new(String::new());
         let subscriber = tokio::spawn(follow_revocations(
             client.clone(),
             revocations.clone(),
+            bundles.clone(),
             live.clone(),
         ));
         // The store vouches for the revocations only once subscribed.
@@ -317,6 +334,7 @@ impl RedisStore {
             client,
             conn: Mutex::new(Some(conn)),
             revocations,
+            bundles,
             live,
             script: redis::Script::new(APPLY_LIMITS),
             url: redact_url(url),
@@ -554,6 +572,29 @@ impl ControlStore for RedisStore {
             self.set_json(k, v, ttl_ms).await?;
             Ok(Some(g))
         })
+    }
+
+    fn announce_bundle(&self, hash: &str) {
+        let (client, hash) = (self.client.clone(), hash.to_owned());
+        tokio::spawn(async move {
+            let sent = async {
+                let mut c = timed(client.get_multiplexed_async_connection()).await?;
+                timed(
+                    redis::cmd("PUBLISH")
+                        .arg(key("events", "bundles"))
+                        .arg(&hash)
+                        .query_async::<()>(&mut c),
+                )
+                .await
+            };
+            if let Err(e) = sent.await {
+                tracing::warn!(error = %e, "cannot announce the bundle to other replicas");
+            }
+        });
+    }
+
+    fn bundle_announcements(&self) -> Option<watch::Receiver<String>> {
+        Some(self.bundles.subscribe())
     }
 
     fn health(&self) -> Result<(), String> {

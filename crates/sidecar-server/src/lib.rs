@@ -289,6 +289,7 @@ pub async fn serve(
     };
     tracing::info!(state = %state.describe(), "state store");
     let service_state = state.clone();
+    let reload_state = state.clone();
     let service = service::HookSvc::new(
         state,
         policy.clone(),
@@ -342,6 +343,7 @@ pub async fn serve(
             tls: tls.clone(),
             tokens,
         },
+        reload_state,
     ));
     let router = tonic::transport::Server::builder()
         .layer(status::ReasonCodesLayer)
@@ -452,12 +454,17 @@ async fn reload_loop(
     interval: Option<Duration>,
     metrics: Arc<Metrics>,
     credentials: Credentials,
+    state: Arc<dyn ControlStore>,
 ) {
     let reload = |why: &str| match policy.observe() {
         Ok(false) => {}
         Ok(true) => {
             metrics.reload(true);
-            metrics.set_bundle(policy.current().hash());
+            let hash = policy.current().hash().to_owned();
+            metrics.set_bundle(&hash);
+            // Replicas sharing the state store look at their own bundle
+            // directory at once, instead of at their next poll.
+            state.announce_bundle(&hash);
         }
         Err(e) => {
             metrics.reload(false);
@@ -467,6 +474,7 @@ async fn reload_loop(
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = interval.map(tokio::time::interval);
+    let mut peers = state.bundle_announcements();
     loop {
         #[cfg(unix)]
         let hup_fut = async {
@@ -487,7 +495,25 @@ async fn reload_loop(
                 None => std::future::pending::<()>().await,
             }
         };
+        let peer_fut = async {
+            match peers.as_mut() {
+                Some(p) => {
+                    if p.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    p.borrow_and_update().clone()
+                }
+                None => std::future::pending::<String>().await,
+            }
+        };
         tokio::select! {
+            hash = peer_fut => {
+                if hash != policy.current().hash() {
+                    reload("peer");
+                    tokio::time::sleep(policy.settle()).await;
+                    reload("peer");
+                }
+            }
             () = hup_fut => {
                 credentials.reload();
                 // Look, wait out the settle interval, look again: a bundle
