@@ -113,14 +113,4 @@ impl Drop for ReadOnlyFile {
 
 /// The `gatehouse` binary built with the tests (`cargo nextest run
 /// --workspace` builds it beside the test binaries).
-pub(crate) fn gatehouse_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("gatehouse");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p gatehouse`",
-        bin.display()
-    );
-    bin
-}
+pub(crate) use gatehouse_tests::gatehouse_bin;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gatehouse_tests::gatehouse_bin;
 use gatehouse_tests::services::{Postgres, Redis};
 use hook_proto::v1::{self, admin_service_client::AdminServiceClient};
 use policy_core::{Event, EventKind, Verdict};
@@ -17,22 +18,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const TOKEN: &str = "replica-admin-token";
-
-fn gatehouse_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = dir.join("gatehouse");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p gatehouse`",
-        bin.display()
-    );
-    bin
-}
 
 /// A bundle that allows everything, with one rate limit per agent.
 fn bundle(limit: u64) -> tempfile::TempDir {

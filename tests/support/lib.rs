@@ -26,6 +26,23 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// The `gatehouse` binary next to the running test (cargo builds the
+/// workspace's binaries before its tests).
+pub fn gatehouse_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("gatehouse"))
+        .expect("a target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p gatehouse`",
+        bin.display()
+    );
+    bin
+}
+
 /// A server running in this process on 127.0.0.1 with an ephemeral port
 /// and its own SQLite audit file. Stopped on drop.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::record::{GENESIS_HASH, Query, StoredRecord, chain_hash};
+use crate::record::{GENESIS_HASH, Query, StoredRecord, TEXT_COLUMNS, audit_table_ddl, chain_hash};
 use crate::verify::{ChainWalk, Verified};
 use crate::{AuditError, AuditRecord, AuditStore, BoxFuture, DEFAULT_QUEUE};
 
@@ -28,27 +28,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Rows read per page when verifying or querying.
 const PAGE: i64 = 10_000;
 
+/// Everything but the table itself (`audit_table_ddl`).
 const SCHEMA: &str = r"
-CREATE TABLE IF NOT EXISTS audit (
-    seq            BIGINT PRIMARY KEY,
-    time_ms        BIGINT NOT NULL,
-    record_kind    TEXT NOT NULL,
-    session_id     TEXT NOT NULL,
-    agent_id       TEXT NOT NULL,
-    runtime        TEXT NOT NULL,
-    event_kind     TEXT NOT NULL,
-    event_id       TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    resource       TEXT NOT NULL,
-    verdict        TEXT NOT NULL,
-    reason_code    TEXT NOT NULL,
-    policies       TEXT NOT NULL,
-    decided_by     TEXT NOT NULL,
-    bundle_hash    TEXT NOT NULL,
-    detail         TEXT NOT NULL,
-    prev_hash      TEXT NOT NULL,
-    hash           TEXT NOT NULL
-);
 CREATE INDEX IF NOT EXISTS audit_event ON audit (record_kind, event_id);
 CREATE INDEX IF NOT EXISTS audit_agent ON audit (agent_id, seq);
 CREATE TABLE IF NOT EXISTS audit_head (
@@ -122,7 +103,10 @@ async fn ensure_schema(client: &Client) -> Result<(), AuditError> {
         .await
         .map_err(db)?;
     let result = async {
-        client.batch_execute(SCHEMA).await.map_err(db)?;
+        client
+            .batch_execute(&(audit_table_ddl("BIGINT") + SCHEMA))
+            .await
+            .map_err(db)?;
         client
             .execute(
                 "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
@@ -144,31 +128,15 @@ fn to_u64(v: i64) -> u64 {
 }
 
 fn row_to_record(r: &Row) -> Result<StoredRecord, tokio_postgres::Error> {
-    let policies: String = r.try_get("policies")?;
-    Ok(StoredRecord {
-        seq: to_u64(r.try_get("seq")?),
-        record: AuditRecord {
-            time_ms: r.try_get("time_ms")?,
-            record_kind: r.try_get("record_kind")?,
-            session_id: r.try_get("session_id")?,
-            agent_id: r.try_get("agent_id")?,
-            runtime: r.try_get("runtime")?,
-            event_kind: r.try_get("event_kind")?,
-            event_id: r.try_get("event_id")?,
-            correlation_id: r.try_get("correlation_id")?,
-            resource: r.try_get("resource")?,
-            verdict: r.try_get("verdict")?,
-            reason_code: r.try_get("reason_code")?,
-            // A value that is not a JSON list was edited: keep it as one
-            // string, so that verification reports the record as modified.
-            policies: serde_json::from_str(&policies).unwrap_or_else(|_| vec![policies]),
-            decided_by: r.try_get("decided_by")?,
-            bundle_hash: r.try_get("bundle_hash")?,
-            detail: r.try_get("detail")?,
-        },
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
+    let mut text: [String; 16] = Default::default();
+    for (v, c) in text.iter_mut().zip(TEXT_COLUMNS) {
+        *v = r.try_get(c)?;
+    }
+    Ok(StoredRecord::from_columns(
+        to_u64(r.try_get("seq")?),
+        r.try_get("time_ms")?,
+        text,
+    ))
 }
 
 /// The statements a connection prepared once.

@@ -80,3 +80,86 @@ pub enum VerifyReport {
     /// The first record at which the chain breaks, and why.
     Broken { seq: u64, problem: String },
 }
+
+/// The text columns of a stored record after `seq` and `time_ms`, in
+/// table order (shared by every backend's table and reader).
+pub(crate) const TEXT_COLUMNS: [&str; 16] = [
+    "record_kind",
+    "session_id",
+    "agent_id",
+    "runtime",
+    "event_kind",
+    "event_id",
+    "correlation_id",
+    "resource",
+    "verdict",
+    "reason_code",
+    "policies",
+    "decided_by",
+    "bundle_hash",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+/// `CREATE TABLE IF NOT EXISTS audit (…)` with `int` as the integer type
+/// of `seq` and `time_ms`.
+pub(crate) fn audit_table_ddl(int: &str) -> String {
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS audit (\n    seq            {int} PRIMARY KEY,\n    time_ms        {int} NOT NULL"
+    );
+    for c in TEXT_COLUMNS {
+        sql.push_str(&format!(",\n    {c:<14} TEXT NOT NULL"));
+    }
+    sql.push_str("\n);\n");
+    sql
+}
+
+impl StoredRecord {
+    /// A record from its columns: `seq`, `time_ms`, then the text columns
+    /// in [`TEXT_COLUMNS`] order, whichever backend read them.
+    pub(crate) fn from_columns(seq: u64, time_ms: i64, text: [String; 16]) -> Self {
+        let [
+            record_kind,
+            session_id,
+            agent_id,
+            runtime,
+            event_kind,
+            event_id,
+            correlation_id,
+            resource,
+            verdict,
+            reason_code,
+            policies,
+            decided_by,
+            bundle_hash,
+            detail,
+            prev_hash,
+            hash,
+        ] = text;
+        Self {
+            seq,
+            record: AuditRecord {
+                time_ms,
+                record_kind,
+                session_id,
+                agent_id,
+                runtime,
+                event_kind,
+                event_id,
+                correlation_id,
+                resource,
+                verdict,
+                reason_code,
+                // A policies column that is not a JSON list is kept verbatim
+                // so that verification reports the record as modified.
+                policies: serde_json::from_str(&policies).unwrap_or_else(|_| vec![policies]),
+                decided_by,
+                bundle_hash,
+                detail,
+            },
+            prev_hash,
+            hash,
+        }
+    }
+}

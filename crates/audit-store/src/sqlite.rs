@@ -299,27 +299,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Everything but the table itself (`audit_table_ddl`).
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit (
-    seq            INTEGER PRIMARY KEY,
-    time_ms        INTEGER NOT NULL,
-    record_kind    TEXT NOT NULL,
-    session_id     TEXT NOT NULL,
-    agent_id       TEXT NOT NULL,
-    runtime        TEXT NOT NULL,
-    event_kind     TEXT NOT NULL,
-    event_id       TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    resource       TEXT NOT NULL,
-    verdict        TEXT NOT NULL,
-    reason_code    TEXT NOT NULL,
-    policies       TEXT NOT NULL,
-    decided_by     TEXT NOT NULL,
-    bundle_hash    TEXT NOT NULL,
-    detail         TEXT NOT NULL,
-    prev_hash      TEXT NOT NULL,
-    hash           TEXT NOT NULL
-);
 CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent_id);
 CREATE INDEX IF NOT EXISTS audit_session ON audit(session_id);
 CREATE INDEX IF NOT EXISTS audit_event ON audit(event_id);
@@ -359,7 +340,7 @@ fn open_writer(path: &Path, opts: &AuditOptions) -> Result<Connection, AuditErro
         "journal_size_limit",
         i64::try_from(opts.wal_cap).unwrap_or(i64::MAX),
     )?;
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&(crate::record::audit_table_ddl("INTEGER") + SCHEMA))?;
     Ok(conn)
 }
 
@@ -934,31 +915,15 @@ pub(crate) fn open_read(path: &Path) -> Result<Connection, AuditError> {
 }
 
 pub(crate) fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
-    let policies: String = r.get("policies")?;
-    Ok(StoredRecord {
-        seq: r.get("seq")?,
-        record: AuditRecord {
-            time_ms: r.get("time_ms")?,
-            record_kind: r.get("record_kind")?,
-            session_id: r.get("session_id")?,
-            agent_id: r.get("agent_id")?,
-            runtime: r.get("runtime")?,
-            event_kind: r.get("event_kind")?,
-            event_id: r.get("event_id")?,
-            correlation_id: r.get("correlation_id")?,
-            resource: r.get("resource")?,
-            verdict: r.get("verdict")?,
-            reason_code: r.get("reason_code")?,
-            // A policies column that is not a JSON list is kept verbatim so
-            // that verification reports the record as modified.
-            policies: serde_json::from_str(&policies).unwrap_or_else(|_| vec![policies]),
-            decided_by: r.get("decided_by")?,
-            bundle_hash: r.get("bundle_hash")?,
-            detail: r.get("detail")?,
-        },
-        prev_hash: r.get("prev_hash")?,
-        hash: r.get("hash")?,
-    })
+    let mut text: [String; 16] = Default::default();
+    for (v, c) in text.iter_mut().zip(crate::record::TEXT_COLUMNS) {
+        *v = r.get(c)?;
+    }
+    Ok(StoredRecord::from_columns(
+        r.get("seq")?,
+        r.get("time_ms")?,
+        text,
+    ))
 }
 
 /// Reads records matching `q`, oldest first, across the sealed segments
