@@ -138,3 +138,22 @@ impl ClientConfig {
             .unwrap_or(self.default_deadline)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_come_from_server_then_endpoints_in_order() {
+        let c = ClientConfig {
+            server: Some("http://a:7468, http://b:7468,".into()),
+            endpoints: vec!["http://c:7468".into(), " ".into()],
+            ..ClientConfig::default()
+        };
+        assert_eq!(
+            c.server_urls(),
+            ["http://a:7468", "http://b:7468", "http://c:7468"]
+        );
+        assert!(ClientConfig::default().server_urls().is_empty());
+    }
+}
