@@ -6,7 +6,9 @@
 //! mode with one dedicated group-committing writer thread behind a bounded
 //! queue; the log rotates into sealed segments that the chain runs across,
 //! and its head is anchored outside the database by checkpoints signed
-//! with an ed25519 key.
+//! with an ed25519 key. Replicas share one chain in PostgreSQL
+//! (`postgres://`), serialised by a head row taken `FOR UPDATE` in each
+//! group commit. [`open`] picks the backend by the location's scheme.
 //!
 //! It must never update or delete a record, never reorder the chain, and
 //! never report an append as done before it is committed.

@@ -1,7 +1,9 @@
 //! sidecar-server is the tonic service platform teams deploy: it holds the
-//! org-wide policy bundle, decides every hook event with policy-core,
-//! appends each decision to the audit store before sending it, pushes new
-//! bundles to connected streams, and reloads policy atomically.
+//! org-wide policy bundle, decides every hook event through
+//! `control_store::decide` against the state store it is given (its own
+//! SQLite file, or Redis shared with other replicas), appends each decision
+//! to the audit store before sending it, pushes new bundles and revocations
+//! to connected streams, and reloads policy atomically.
 //!
 //! It must never send a decision that is not in the audit (a failed append
 //! turns the decision into a DENY), never let one stream's error or slow
