@@ -26,7 +26,8 @@ pub(crate) struct HookArgs {
     /// The relay's HTTP address, e.g. 127.0.0.1:7470.
     #[arg(long)]
     relay: Option<String>,
-    /// Ask the server directly (slower: a new connection per event).
+    /// Ask the server directly (slower: a new connection per event); several
+    /// replicas as URL1,URL2 are tried in order.
     #[arg(long)]
     server: Option<String>,
     /// Decide locally with this bundle when nothing else answers (or

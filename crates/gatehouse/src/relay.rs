@@ -40,8 +40,9 @@ pub(crate) struct RelayArgs {
     /// Unix socket for `gatehouse hook` [default: see `gatehouse hook --help`].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// The Gatehouse server. Without it, the relay decides locally with
-    /// --policies.
+    /// The Gatehouse server, or several replicas as URL1,URL2 (a session
+    /// moves to the next when its stream ends). Without it, the relay
+    /// decides locally with --policies.
     #[arg(long)]
     server: Option<String>,
     #[command(flatten)]

@@ -23,7 +23,8 @@ pub(crate) fn format_parser() -> impl clap::builder::TypedValueParser<Value = Fo
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["server", "local"])))]
 pub(crate) struct ReplayArgs {
-    /// Decide through this server, e.g. http://127.0.0.1:7468.
+    /// Decide through this server, e.g. http://127.0.0.1:7468 (or several
+    /// replicas as URL1,URL2).
     #[arg(long)]
     server: Option<String>,
     /// Decide in-process with the bundle in this directory.

@@ -275,6 +275,10 @@ fn replay_gives_the_same_decisions_locally_and_through_the_server() {
     assert!(local[5]["skipped"].is_string());
 
     let served = serve(&dir.path().join("audit.db"));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (code, remote, err) = run(bin()
         .args([
             "replay",
@@ -284,7 +288,9 @@ fn replay_gives_the_same_decisions_locally_and_through_the_server() {
             "cc-bot",
             "--server",
         ])
-        .arg(format!("http://{}", served.addr))
+        // A replica that is down comes first: the session moves on to the
+        // one that answers.
+        .arg(format!("http://{dead},http://{}", served.addr))
         .arg(&file));
     assert_eq!(code, 0, "{err}");
     let remote = replay_lines(&remote);
