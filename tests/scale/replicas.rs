@@ -171,6 +171,17 @@ async fn audited_event_ids(audit: &str) -> HashSet<String> {
         .collect()
 }
 
+/// `GET /readyz` on the metrics listener: the status line and body.
+fn readyz(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).expect("metrics listener");
+    conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    out
+}
+
 fn verify_cli(audit: &str) -> (bool, String) {
     let out = Command::new(gatehouse_bin())
         .args(["audit", "verify", "--audit", audit])
@@ -328,9 +339,18 @@ async fn a_stopped_service_fails_closed_and_recovers() -> anyhow::Result<()> {
     let mut redis = Redis::start()?;
     let mut pg = Postgres::start()?;
     let policies = bundle(100_000);
-    let a = Replica::start(policies.path(), &redis.url, &pg.url).await?;
+    let metrics_port = gatehouse_tests::services::free_port()?;
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let a = Replica::start_with(
+        policies.path(),
+        &redis.url,
+        &pg.url,
+        &["--metrics-listen", &metrics],
+    )
+    .await?;
     let c = client(a.url.clone(), None);
     let s = session(&c, "ops-bot", "s-down").await;
+    assert!(readyz(&metrics).starts_with("HTTP/1.1 200"));
     let mut n = 0;
     let mut decide = || {
         n += 1;
@@ -347,6 +367,11 @@ async fn a_stopped_service_fails_closed_and_recovers() -> anyhow::Result<()> {
         "{d:?}"
     );
     a.wait_ready(false).await?;
+    let r = readyz(&metrics);
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.contains("state store"),
+        "{r}"
+    );
     // It returns: decisions recover.
     redis.resume()?;
     let back = Instant::now();

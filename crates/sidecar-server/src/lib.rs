@@ -282,6 +282,7 @@ pub async fn serve(
                 listener,
                 metrics.clone(),
                 audit.clone(),
+                state.clone(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -250,12 +250,13 @@ impl Drop for StreamGuard<'_> {
 }
 
 /// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (200
-/// while a valid bundle is loaded and the audit can commit, else 503) on
-/// `listener` until `shutdown` resolves.
+/// while a valid bundle is loaded, the audit can commit and the state store
+/// answers, else 503) on `listener` until `shutdown` resolves.
 pub(crate) async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     audit: Arc<dyn AuditStore>,
+    state: Arc<dyn control_store::ControlStore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
@@ -280,13 +281,17 @@ pub(crate) async fn serve_http(
         .route(
             "/readyz",
             get(move || {
-                let audit = audit.clone();
+                let (audit, state) = (audit.clone(), state.clone());
                 async move {
-                    match audit.health() {
-                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-                        Err(why) => (
+                    match (audit.health(), state.health()) {
+                        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+                        (Err(why), _) => (
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("not ready: the audit cannot commit: {why}\n"),
+                        ),
+                        (Ok(()), Err(why)) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: the state store cannot answer: {why}\n"),
                         ),
                     }
                 }
