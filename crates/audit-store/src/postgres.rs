@@ -62,12 +62,20 @@ struct Pending {
 }
 
 /// An audit log in PostgreSQL.
-#[derive(Debug)]
 pub struct PgAudit {
     tx: mpsc::Sender<Pending>,
     health: Arc<Mutex<Result<(), String>>>,
     url: String,
     queue: usize,
+}
+
+impl std::fmt::Debug for PgAudit {
+    // Not the URL: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgAudit")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Pending {

@@ -126,6 +126,11 @@ impl LocalStore {
         Ok(me)
     }
 
+    /// The revocations in force (a local store always vouches for them).
+    pub fn current_revocations(&self) -> Arc<Revocations> {
+        self.revocations.borrow().clone()
+    }
+
     /// Replaces the revocations (a client's fallback learns them from the
     /// server).
     pub fn set_revocations(&self, r: Revocations) {
@@ -197,7 +202,7 @@ impl LocalStore {
 
 impl ControlStore for LocalStore {
     fn revocations(&self) -> Result<Arc<Revocations>, StoreError> {
-        Ok(self.revocations.borrow().clone())
+        Ok(self.current_revocations())
     }
 
     fn subscribe_revocations(&self) -> watch::Receiver<Arc<Revocations>> {

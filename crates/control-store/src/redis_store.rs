@@ -162,7 +162,6 @@ return {'ok'}
 ";
 
 /// Revocations, limits, grants and approvals in one Redis database.
-#[derive(Debug)]
 pub struct RedisStore {
     client: redis::Client,
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -172,6 +171,17 @@ pub struct RedisStore {
     script: redis::Script,
     url: String,
     subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    // The client's connection info may carry a password: only the
+    // redacted URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for RedisStore {

@@ -207,12 +207,7 @@ impl Client {
 
     /// The revocations the fallback enforces (as last pushed by the server).
     pub fn revocations(&self) -> policy_core::Revocations {
-        use control_store::ControlStore as _;
-        self.inner
-            .state
-            .revocations()
-            .map(|r| (*r).clone())
-            .unwrap_or_default()
+        (*self.inner.state.current_revocations()).clone()
     }
 
     /// The hash of the bundle the fallback would use, if any.

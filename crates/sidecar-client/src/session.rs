@@ -246,10 +246,7 @@ impl Shared {
                 .is_none_or(|max| Duration::from_millis(age) <= max);
             (b, fresh)
         });
-        let revocations = {
-            use control_store::ControlStore as _;
-            c.state.revocations().unwrap_or_default()
-        };
+        let revocations = c.state.current_revocations();
         let revoked = policy_core::Bundle::revoked(&revocations, event);
         let (decision, decided_by) = match usable {
             Some((b, true)) => {
