@@ -168,6 +168,34 @@ fn session(client: &Client, i: usize) -> sidecar_client::Session {
     })
 }
 
+/// A bench event as an adapter sends it on a stream: without a session id,
+/// which the client fills in from its session. (An event naming another
+/// session than its stream's is denied `session_mismatch` before any
+/// policy runs, which is not the path a bench row means to measure.)
+fn on_stream(mut e: Event) -> Event {
+    e.session_id.clear();
+    e
+}
+
+/// Reason codes of events the server refused to decide under policy.
+const REJECTIONS: [&str; 6] = [
+    "session_mismatch",
+    "principal_mismatch",
+    "identity_mismatch",
+    "malformed_event",
+    "unknown_event",
+    "missing_principal",
+];
+
+/// The reason code of a decision the server made without deciding the
+/// event under policy: a rejection of the event or of its caller. A row
+/// that measured those would measure the wrong path.
+fn not_a_policy_decision(d: &sidecar_client::ClientDecision) -> Option<String> {
+    REJECTIONS
+        .contains(&d.reason_code.as_str())
+        .then(|| d.reason_code.clone())
+}
+
 async fn stream_bench(
     name: &str,
     url: &str,
@@ -199,22 +227,31 @@ async fn stream_bench(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_worker);
             let mut local = 0usize;
+            let mut rejected = None;
             for i in 0..per_worker {
-                let e = event(w * per_worker + i);
+                let e = on_stream(event(w * per_worker + i));
                 let t = Instant::now();
                 let d = s.decide(e).await;
                 lat.push(t.elapsed());
                 if d.decided_by != DecidedBy::Server {
                     local += 1;
                 }
+                if rejected.is_none() {
+                    rejected = not_a_policy_decision(&d);
+                }
             }
-            (lat, local)
+            (lat, local, rejected)
         }));
     }
     let mut lat = Vec::new();
     let mut local = 0;
     for t in tasks {
-        let (l, f) = t.await?;
+        let (l, f, rejected) = t.await?;
+        if let Some(code) = rejected {
+            anyhow::bail!(
+                "the server rejected the bench's events (`{code}`) instead of deciding them"
+            );
+        }
         lat.extend(l);
         local += f;
     }
@@ -250,9 +287,14 @@ async fn unary_bench(name: &str, url: &str, concurrency: usize, n: usize) -> any
                 let t = Instant::now();
                 let r = c.evaluate(e).await;
                 lat.push(t.elapsed());
-                if r.is_err() {
+                let Ok(r) = r else {
                     return Err(anyhow::anyhow!("unary call failed"));
-                }
+                };
+                let code = &r.get_ref().reason_code;
+                anyhow::ensure!(
+                    !REJECTIONS.contains(&code.as_str()),
+                    "the server rejected the bench's events (`{code}`) instead of deciding them"
+                );
             }
             Ok(lat)
         }));
@@ -322,7 +364,7 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
         s.wait_connected(Duration::from_secs(5)).await,
         "stream did not open"
     );
-    let events: Vec<Event> = (0..n).map(|i| post_event(i, size)).collect();
+    let events: Vec<Event> = (0..n).map(|i| on_stream(post_event(i, size))).collect();
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     for e in events {
@@ -334,6 +376,9 @@ async fn post_stream(name: &str, url: &str, size: usize, n: usize) -> anyhow::Re
             "fell back: {:?}",
             d.fallback_cause
         );
+        if let Some(code) = not_a_policy_decision(&d) {
+            anyhow::bail!("the server rejected the bench's post event (`{code}`)");
+        }
     }
     Ok(Row {
         name: name.into(),
@@ -611,7 +656,7 @@ fn soak(secs: u64, segment_mb: u64, retain: usize) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let mut i = w * 1_000_000_000;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let d = s.decide(event(i)).await;
+                    let d = s.decide(on_stream(event(i))).await;
                     i += 1;
                     if d.decided_by == DecidedBy::Server {
                         decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -822,7 +867,7 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         for i in 0..n {
             let t = Instant::now();
-            std::hint::black_box(s.decide(event(i)).await);
+            std::hint::black_box(s.decide(on_stream(event(i))).await);
             lat.push(t.elapsed());
         }
         rows.push(Row {
