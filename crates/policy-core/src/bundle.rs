@@ -208,7 +208,15 @@ pub struct Bundle {
     /// The schema's fragments in JSON form (the bundle's or the built-in
     /// one with MCP arguments, then the matchers), for `compiled`.
     pub(crate) schema_json: Vec<serde_json::Value>,
+    /// The entity sets requests were decided against, by what they were
+    /// built from (see `engine::EntityKey`): building one (Cedar computes
+    /// its transitive closure) cost a fifth of a decision. Bounded by
+    /// `ENTITY_SETS_CAP`; past it a set is built per call.
+    pub(crate) entity_sets: RwLock<HashMap<crate::engine::EntityKey, Arc<cedar_policy::Entities>>>,
 }
+
+/// Most entity sets a bundle keeps.
+pub(crate) const ENTITY_SETS_CAP: usize = 1024;
 
 /// Version of [`CompiledBundle`]'s form; an entry of another is ignored.
 pub const COMPILED_FORMAT: u32 = 1;
@@ -522,6 +530,7 @@ impl Bundle {
             config,
             warnings,
             schema_json,
+            entity_sets: RwLock::default(),
         })
     }
 

@@ -2,6 +2,7 @@
 //! error semantics on top of Cedar.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid, PolicyId,
@@ -81,8 +82,22 @@ enum Prepared<'a> {
     Ready {
         slice: Slice<'a>,
         req: Request,
-        entities: Entities,
+        entities: Arc<Entities>,
     },
+}
+
+/// What a request's entity set is built from: the principal, the resource
+/// and its synthesized attributes (every one a function of the event's
+/// resource fields), and the resource's built-in groups. Two events with
+/// the same key get the same set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct EntityKey {
+    principal: EntityUid,
+    resource: EntityUid,
+    /// The strings the synthesized attributes were made of, in the fixed
+    /// order `Bundle::resource` makes them.
+    attrs: Vec<String>,
+    groups: Vec<EntityUid>,
 }
 
 impl Bundle {
@@ -373,18 +388,15 @@ impl Bundle {
         action: &str,
         findings: &[String],
         target: &Target,
-    ) -> Result<(Request, Entities), String> {
+    ) -> Result<(Request, Arc<Entities>), String> {
         let t = &self.types;
         let principal = uid(&t.agent, &event.agent_id);
         let action_uid = uid(&t.action, action);
-        let (resource, synthesized) = self.resource(event);
+        let (resource, synthesized, raw) = self.resource(event);
         let context = self
             .context(event, findings, target)
             .map_err(|e| format!("context: {e}"))?;
 
-        let mut wanted: Vec<Entity> = Vec::with_capacity(4);
-        let mut included: HashSet<EntityUid> = HashSet::new();
-        self.push_entity(&principal, HashMap::new(), &[], &mut wanted, &mut included)?;
         let groups: Vec<EntityUid> = match &event.kind {
             // Group membership only costs when the bundle can ask about it.
             EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. }
@@ -397,9 +409,35 @@ impl Bundle {
             }
             _ => Vec::new(),
         };
-        self.push_entity(&resource, synthesized, &groups, &mut wanted, &mut included)?;
-        let entities =
-            Entities::from_entities(wanted, None).map_err(|e| format!("entities: {e}"))?;
+        let key = EntityKey {
+            principal: principal.clone(),
+            resource: resource.clone(),
+            attrs: raw,
+            groups: groups.clone(),
+        };
+        let cached = self
+            .entity_sets
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let entities = match cached {
+            Some(hit) => hit,
+            None => {
+                let mut wanted: Vec<Entity> = Vec::with_capacity(4);
+                let mut included: HashSet<EntityUid> = HashSet::new();
+                self.push_entity(&principal, HashMap::new(), &[], &mut wanted, &mut included)?;
+                self.push_entity(&resource, synthesized, &groups, &mut wanted, &mut included)?;
+                let built = Arc::new(
+                    Entities::from_entities(wanted, None).map_err(|e| format!("entities: {e}"))?,
+                );
+                if let Ok(mut m) = self.entity_sets.write()
+                    && m.len() < crate::bundle::ENTITY_SETS_CAP
+                {
+                    m.insert(key, Arc::clone(&built));
+                }
+                built
+            }
+        };
         let req = Request::new(principal, action_uid, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
         Ok((req, entities))
@@ -453,9 +491,23 @@ impl Bundle {
         Ok(())
     }
 
-    fn resource(&self, event: &Event) -> (EntityUid, HashMap<String, RestrictedExpression>) {
+    /// The event's resource, its synthesized attributes, and every string
+    /// those attributes were made of (in a fixed order: with the uid they
+    /// determine the attributes, for [`EntityKey`]).
+    fn resource(
+        &self,
+        event: &Event,
+    ) -> (
+        EntityUid,
+        HashMap<String, RestrictedExpression>,
+        Vec<String>,
+    ) {
         let t = &self.types;
-        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let raw = std::cell::RefCell::new(Vec::new());
+        let s = |v: &str| {
+            raw.borrow_mut().push(v.to_owned());
+            RestrictedExpression::new_string(v.to_owned())
+        };
         let mut attrs = HashMap::new();
         let uid = match &event.kind {
             EventKind::PreToolUse { tool_name, .. } | EventKind::PostToolUse { tool_name, .. } => {
@@ -510,7 +562,7 @@ impl Bundle {
             | EventKind::SessionEnd { .. }
             | EventKind::Unknown => uid(&t.session, &event.session_id),
         };
-        (uid, attrs)
+        (uid, attrs, raw.into_inner())
     }
 
     fn context(
@@ -919,6 +971,95 @@ when { context.input has timeout && context.input.timeout + 9223372036854775807 
         );
         assert_eq!(d.policies, vec!["bad-forbid"]);
         assert!(!d.errors.is_empty());
+    }
+
+    /// The entity sets a bundle keeps between requests never change a
+    /// decision: events that differ only in what a synthesized attribute
+    /// is made of (a package's version, a model's provider, an MCP server)
+    /// or in the principal's groups are decided on a warm bundle, in two
+    /// orders, exactly as on a fresh bundle each.
+    #[test]
+    fn kept_entity_sets_decide_as_fresh_ones() {
+        let files = [
+            (
+                "p.cedar",
+                r#"
+@id("leads-anything") permit(principal in Gatehouse::Group::"leads", action, resource);
+@id("pinned") permit(principal, action == Gatehouse::Action::"install", resource)
+when { resource.version == "1.0.0" };
+@id("openai-only") permit(principal, action == Gatehouse::Action::"request_model", resource)
+when { resource.provider == "openai" };
+@id("github-mcp") permit(principal, action == Gatehouse::Action::"call_tool", resource)
+when { resource has server && resource.server == "github" };
+@id("no-rm") forbid(principal, action, resource) when { context has command && context.command like "rm *" };
+"#,
+            ),
+            (
+                "entities.json",
+                r#"[
+ {"uid":{"type":"Gatehouse::Agent","id":"alice"},"attrs":{},"parents":[{"type":"Gatehouse::Group","id":"leads"}]},
+ {"uid":{"type":"Gatehouse::Group","id":"leads"},"attrs":{},"parents":[]}
+]"#,
+            ),
+        ];
+        let tool = |agent: &str, name: &str, command: &str| {
+            let mut e = bash(agent, command);
+            if let EventKind::PreToolUse { tool_name, .. } = &mut e.kind {
+                *tool_name = name.into();
+            }
+            e
+        };
+        let with_kind = |agent: &str, kind: EventKind| Event {
+            kind,
+            ..bash(agent, "")
+        };
+        let mut events = Vec::new();
+        for agent in ["alice", "bob"] {
+            for version in ["1.0.0", "2.0.0"] {
+                events.push(with_kind(
+                    agent,
+                    EventKind::Install {
+                        name: "left-pad".into(),
+                        source: "npm".into(),
+                        version: version.into(),
+                    },
+                ));
+            }
+            for provider in ["openai", "other"] {
+                events.push(with_kind(
+                    agent,
+                    EventKind::ModelRequest {
+                        model: "m1".into(),
+                        provider: provider.into(),
+                        estimated_input_tokens: 10,
+                    },
+                ));
+            }
+            for name in ["mcp__github__pr", "mcp__gitlab__pr", "Bash"] {
+                events.push(tool(agent, name, "ls"));
+                events.push(tool(agent, name, "rm -rf /"));
+            }
+        }
+        let fresh: Vec<Decision> = events.iter().map(|e| bundle(&files).evaluate(e)).collect();
+        let warm = bundle(&files);
+        for order in [false, true] {
+            let mut idx: Vec<usize> = (0..events.len()).collect();
+            if order {
+                idx.reverse();
+            }
+            for i in idx {
+                let d = warm.evaluate(&events[i]);
+                assert_eq!(
+                    (d.verdict, &d.policies),
+                    (fresh[i].verdict, &fresh[i].policies),
+                    "event {i}: {:?}",
+                    events[i].kind
+                );
+            }
+        }
+        // Both verdicts occur, so the comparison can tell them apart.
+        assert!(fresh.iter().any(|d| d.verdict == Verdict::Allow));
+        assert!(fresh.iter().any(|d| d.verdict == Verdict::Deny));
     }
 
     #[test]
