@@ -202,6 +202,10 @@ pub struct Bundle {
     /// Cedar has no computed attribute names, so a bundle that never
     /// writes the word cannot read the field.
     pub(crate) uses_shell: bool,
+    /// The top-level `context` fields some policy file spells (every field
+    /// when any policy file holds a string escape). A field no policy can
+    /// name cannot change a decision, so it is not built.
+    pub(crate) context_reads: crate::engine::ContextReads,
     /// Some policy or entity names `ToolGroup` (so tools get their
     /// built-in groups as parents).
     pub(crate) uses_tool_groups: bool,
@@ -511,12 +515,16 @@ impl Bundle {
         let cedar_text = || files.iter().filter(|f| f.path.ends_with(".cedar"));
         let uses_shell =
             cedar_text().any(|f| f.content.contains("shell") || f.content.contains('\\'));
+        let context_reads = crate::engine::ContextReads::from_sources(
+            &cedar_text().map(|f| f.content.as_str()).collect::<Vec<_>>(),
+        );
         let uses_tool_groups = cedar_text().any(|f| f.content.contains("ToolGroup"))
             || files
                 .iter()
                 .any(|f| f.path == ENTITIES_FILE && f.content.contains("ToolGroup"));
         Ok(Self {
             uses_shell,
+            context_reads,
             uses_tool_groups,
             hash,
             files,

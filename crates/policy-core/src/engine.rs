@@ -86,6 +86,57 @@ enum Prepared<'a> {
     },
 }
 
+/// Every top-level field `Bundle::context` can build.
+const CONTEXT_FIELDS: [&str; 21] = [
+    "session_id",
+    "runtime",
+    "metadata",
+    "matchers",
+    "tool_use_id",
+    "output",
+    "usage",
+    "prompt",
+    "query",
+    "trigger",
+    "task_id",
+    "description",
+    "status",
+    "source",
+    "reason",
+    "cwd",
+    "command",
+    "file_path",
+    "url",
+    "shell",
+    "input",
+];
+
+/// Which top-level `context` fields a bundle's policies can read. Cedar has
+/// no computed attribute names: `context.f`, `context["f"]` and `context has
+/// f` all spell `f` in the source, unless a string escape spells it, so any
+/// backslash in a policy file makes every field count. A comment or a string
+/// that contains a field's name only builds it needlessly, never leaves it
+/// out where it matters.
+#[derive(Debug, Clone)]
+pub(crate) struct ContextReads {
+    fields: HashSet<&'static str>,
+}
+
+impl ContextReads {
+    pub(crate) fn from_sources(sources: &[&str]) -> Self {
+        let escaped = sources.iter().any(|s| s.contains('\\'));
+        let fields = CONTEXT_FIELDS
+            .into_iter()
+            .filter(|f| escaped || sources.iter().any(|s| s.contains(f)))
+            .collect();
+        Self { fields }
+    }
+
+    fn reads(&self, field: &str) -> bool {
+        self.fields.contains(field)
+    }
+}
+
 /// What a request's entity set is built from: the principal, the resource
 /// and its synthesized attributes (every one a function of the event's
 /// resource fields), and the resource's built-in groups. Two events with
@@ -577,29 +628,33 @@ impl Bundle {
             ("session_id".into(), s(&event.session_id)),
             ("runtime".into(), s(&event.runtime)),
         ];
-        let metadata = serde_json::Value::Object(
-            event
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect(),
-        );
-        pairs.push(("metadata".into(), record(&self.metadata_fields, &metadata)?));
-        let matchers = self.config.matchers.iter().map(|m| {
-            let value = if m.field == "agent_id" {
-                Some(event.agent_id.as_str())
-            } else {
-                event.metadata.get(&m.field).map(String::as_str)
-            };
-            (
-                m.name.clone(),
-                RestrictedExpression::new_bool(m.matches(value)),
-            )
-        });
-        pairs.push((
-            "matchers".into(),
-            RestrictedExpression::new_record(matchers).map_err(|e| e.to_string())?,
-        ));
+        if self.context_reads.reads("metadata") {
+            let metadata = serde_json::Value::Object(
+                event
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            );
+            pairs.push(("metadata".into(), record(&self.metadata_fields, &metadata)?));
+        }
+        if self.context_reads.reads("matchers") {
+            let matchers = self.config.matchers.iter().map(|m| {
+                let value = if m.field == "agent_id" {
+                    Some(event.agent_id.as_str())
+                } else {
+                    event.metadata.get(&m.field).map(String::as_str)
+                };
+                (
+                    m.name.clone(),
+                    RestrictedExpression::new_bool(m.matches(value)),
+                )
+            });
+            pairs.push((
+                "matchers".into(),
+                RestrictedExpression::new_record(matchers).map_err(|e| e.to_string())?,
+            ));
+        }
         let empty = serde_json::Value::Null;
         let mut cwd = "";
         let mut input = &empty;
@@ -709,7 +764,15 @@ impl Bundle {
         if let Some(sh) = &target.shell {
             pairs.push(("shell".into(), shell_record(sh)?));
         }
-        pairs.push(("input".into(), record(&self.input_fields, input)?));
+        if self.context_reads.reads("input") {
+            pairs.push(("input".into(), record(&self.input_fields, input)?));
+        }
+        debug_assert!(
+            pairs
+                .iter()
+                .all(|(k, _)| CONTEXT_FIELDS.contains(&k.as_str()))
+        );
+        pairs.retain(|(k, _)| self.context_reads.reads(k));
         Context::from_pairs(pairs).map_err(|e| e.to_string())
     }
 }
@@ -971,6 +1034,40 @@ when { context.input has timeout && context.input.timeout + 9223372036854775807 
         );
         assert_eq!(d.policies, vec!["bad-forbid"]);
         assert!(!d.errors.is_empty());
+    }
+
+    /// A context field is built for every policy that can name it: by
+    /// `has`, by index, or through a string escape (which makes every
+    /// field count). A bundle that names none of them still decides on the
+    /// fields it does name.
+    #[test]
+    fn context_fields_are_built_for_every_spelling_that_reads_them() {
+        let rm = bash("alice", "rm -rf /");
+        for (policy, expected) in [
+            (
+                r#"forbid(principal, action, resource) when { context has "comm\u{61}nd" && context["comm\u{61}nd"] like "rm *" };"#,
+                Verdict::Deny,
+            ),
+            (
+                r#"forbid(principal, action, resource) when { context has input && context.input has command };"#,
+                Verdict::Deny,
+            ),
+            (
+                r#"forbid(principal, action, resource) unless { context has tool_use_id && context has cwd };"#,
+                Verdict::Allow,
+            ),
+            (
+                r#"forbid(principal, action, resource) when { context has metadata && context.metadata has channel_id };"#,
+                Verdict::Allow,
+            ),
+        ] {
+            let text =
+                format!("@id(\"all\") permit(principal, action, resource);\n@id(\"f\") {policy}");
+            let b = bundle(&[("p.cedar", text.as_str())]);
+            let d = b.evaluate(&rm);
+            assert_eq!(d.verdict, expected, "{policy}: {d:?}");
+            assert!(d.errors.is_empty(), "{policy}: {:?}", d.errors);
+        }
     }
 
     /// The entity sets a bundle keeps between requests never change a
