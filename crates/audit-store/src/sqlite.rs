@@ -49,6 +49,12 @@ const MAX_BATCH: usize = 1024;
 pub const DEFAULT_QUEUE: usize = 65_536;
 /// How often the background checkpointer folds the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// The WAL content past which the writer restarts the log from its start
+/// (a RESTART checkpoint between two commits, asked for by the
+/// checkpointer right after its passive pass).
+const RESTART_WAL_AT: u64 = 16 * 1024 * 1024;
+/// How often the checkpointer passes while the log is being written to.
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(50);
 /// The WAL size past which the writer forces a TRUNCATE checkpoint.
 pub const DEFAULT_WAL_CAP: u64 = 64 * 1024 * 1024;
 /// The writer looks at the WAL's and the segment's size every this many
@@ -174,6 +180,7 @@ pub struct SqliteAudit {
     health: Arc<Health>,
     queue: usize,
     writer: Arc<Mutex<Writer>>,
+    restarts: Arc<AtomicU64>,
     /// Appends sent to the writer thread and not yet taken by it.
     pending: Arc<AtomicUsize>,
     /// Whether appends may commit on the caller's thread.
@@ -274,6 +281,12 @@ struct Writer {
     /// Held by the checkpointer while it has the file open, and by the
     /// writer while it seals, so that no connection survives a rename.
     gate: Arc<Mutex<()>>,
+    /// Set by the checkpointer when the WAL holds more than
+    /// `RESTART_WAL_AT`: the writer restarts it between commits.
+    restart: Arc<AtomicBool>,
+    /// WAL restarts done (shared with [`SqliteAudit::wal_restarts`]) and
+    /// deferred.
+    restarts: (Arc<AtomicU64>, u64),
     /// Records the writer owes the chain (undelivered decisions,
     /// retirements), committed with the next batch.
     owed: Vec<AuditRecord>,
@@ -319,6 +332,8 @@ impl SqliteAudit {
         };
         let health = Arc::new(Health::default());
         let gate = Arc::new(Mutex::new(()));
+        let restart = Arc::new(AtomicBool::new(false));
+        let restarts = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             conn,
             identity: file_identity(&path),
@@ -333,6 +348,8 @@ impl SqliteAudit {
             last_probe: Instant::now(),
             health: health.clone(),
             gate: gate.clone(),
+            restart: restart.clone(),
+            restarts: (restarts.clone(), 0),
             owed: Vec::new(),
             failed_bytes: 0,
             opts: opts.clone(),
@@ -342,7 +359,7 @@ impl SqliteAudit {
         let pending = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::sync_channel(opts.queue.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_checkpointer(&path, gate, stop.clone())?;
+        spawn_checkpointer(&path, gate, restart, stop.clone())?;
         {
             let writer = writer.clone();
             let pending = pending.clone();
@@ -357,6 +374,7 @@ impl SqliteAudit {
             health,
             queue: opts.queue.max(1),
             writer,
+            restarts,
             pending,
             inline: opts.inline_commits && opts.durability == Durability::ProcessCrashSafe,
             pace: Arc::new(Pace::new()),
@@ -375,6 +393,11 @@ impl SqliteAudit {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many times the writer restarted the WAL from its start.
+    pub fn wal_restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// How many appends committed on their caller's thread so far.
@@ -681,6 +704,9 @@ impl Writer {
         if !self.owed.is_empty() {
             self.commit_batch(Vec::new());
         }
+        if self.restart.swap(false, Ordering::AcqRel) {
+            self.restart_wal();
+        }
         if self.since_size_check >= SIZE_CHECK_EVERY {
             self.since_size_check = 0;
             self.bound_wal();
@@ -747,6 +773,30 @@ impl Writer {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
         r.map_err(AuditError::from)
+    }
+
+    /// Restarts the WAL from its start: checkpoints the frames the
+    /// checkpointer's last pass left (few: it just ran), after which the
+    /// next commit writes over the log's first blocks, which the file keeps.
+    /// Never waits: a reader or a checkpoint in the way defers it to the
+    /// checkpointer's next pass.
+    fn restart_wal(&mut self) {
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        if matches!(done, Ok(0)) {
+            self.restarts.0.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.restarts.1 += 1;
+        }
+        tracing::debug!(
+            done = self.restarts.0.load(Ordering::Relaxed),
+            deferred = self.restarts.1,
+            result = ?done,
+            "audit WAL restart"
+        );
     }
 
     /// A WAL past its cap is checkpointed and truncated here, between
@@ -929,14 +979,21 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 fn spawn_checkpointer(
     path: &Path,
     gate: Arc<Mutex<()>>,
+    restart: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), AuditError> {
     let path = path.to_path_buf();
     thread::Builder::new()
         .name("audit-checkpoint".into())
         .spawn(move || {
+            // Sooner while the log is written to: the longer a pass waits,
+            // the more a restart has left to copy, and the WAL must not
+            // reach its cap between two passes.
+            let mut pause = CHECKPOINT_EVERY;
+            let mut last_frames = 0;
             while !stop.load(Ordering::Acquire) {
-                thread::sleep(CHECKPOINT_EVERY);
+                thread::sleep(pause);
+                pause = CHECKPOINT_EVERY;
                 let _gate = lock(&gate);
                 let Ok(conn) = Connection::open_with_flags(
                     &path,
@@ -945,8 +1002,31 @@ fn spawn_checkpointer(
                     continue;
                 };
                 let _ = conn.busy_timeout(Duration::from_millis(100));
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::debug!(error = %e, "audit checkpoint skipped");
+                let passive =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+                let frames = match passive {
+                    Ok(log) => u64::try_from(log).unwrap_or(0),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "audit checkpoint skipped");
+                        continue;
+                    }
+                };
+                // Under steady appends a passive checkpoint never catches up
+                // with the log's end, so the WAL would only grow until the
+                // writer's TRUNCATE at the cap (tens of milliseconds of
+                // ftruncate, with every append waiting). The writer restarts
+                // the log instead, between two of its commits (see
+                // `Writer::restart_wal`).
+                let page = conn
+                    .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                    .map_or(4096, |p| u64::try_from(p).unwrap_or(4096));
+                drop(conn);
+                if frames != last_frames {
+                    pause = CHECKPOINT_BUSY;
+                }
+                last_frames = frames;
+                if frames.saturating_mul(page) >= RESTART_WAL_AT {
+                    restart.store(true, Ordering::Release);
                 }
             }
         })
@@ -1244,6 +1324,64 @@ mod tests {
             verify(&path).unwrap(),
             VerifyReport::Intact { records: 800 }
         );
+    }
+
+    /// Under steady appends a passive checkpoint never empties the log, so
+    /// without a restart the WAL only grows (until the cap's TRUNCATE
+    /// stalls every append). The writer restarts it instead, and the file
+    /// stays far below what was written through it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steady_appends_restart_the_wal_instead_of_growing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let store = SqliteAudit::open_with(
+            &path,
+            AuditOptions {
+                // Far above what this writes: only restarts can bound it.
+                wal_cap: 1 << 30,
+                ..opts(&path)
+            },
+        )
+        .unwrap();
+        let wal = dir.path().join("audit.db-wal");
+        let big = |i: usize| AuditRecord {
+            detail: "x".repeat(2048),
+            ..rec(i)
+        };
+        let started = Instant::now();
+        let mut next = 0;
+        let mut largest = 0;
+        // At least 2.5 s of appends, 32 at a time. Each record's detail
+        // alone is 2 KiB: without restarts the WAL holds every frame
+        // written, well over the records' own size.
+        while started.elapsed() < Duration::from_millis(2500) || next < 8000 {
+            let batch: Vec<_> = (next..next + 32)
+                .map(|i| {
+                    let s = store.clone();
+                    let r = big(i);
+                    tokio::spawn(async move { s.append(r).await.unwrap() })
+                })
+                .collect();
+            for t in batch {
+                t.await.unwrap();
+            }
+            next += 32;
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            if next >= 40_000 {
+                break;
+            }
+        }
+        assert!(store.wal_restarts() > 0, "no restart in {next} appends");
+        let written = next as u64 * 2048;
+        assert!(
+            largest < written,
+            "the WAL reached {largest} bytes for {written} bytes of records"
+        );
+        store.flush().await.unwrap();
+        assert!(matches!(
+            verify(&path).unwrap(),
+            VerifyReport::Intact { .. }
+        ));
     }
 
     /// `rm audit.db*` under a running server: appends fail (the server
