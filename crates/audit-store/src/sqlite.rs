@@ -91,6 +91,9 @@ pub struct AuditOptions {
     /// Let an append that finds the log idle commit on its caller's thread
     /// (see [`SqliteAudit`]); `false` sends every append to the writer.
     pub inline_commits: bool,
+    /// How often the background checkpointer passes while the log is
+    /// idle; while it is written to, at most every 50 ms.
+    pub checkpoint_every: Duration,
 }
 
 impl AuditOptions {
@@ -107,6 +110,7 @@ impl AuditOptions {
             key: Some(crate::anchor::with_suffix(path, ".key")),
             checkpoint_log: false,
             inline_commits: true,
+            checkpoint_every: CHECKPOINT_EVERY,
         }
     }
 }
@@ -359,7 +363,7 @@ impl SqliteAudit {
         let pending = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::sync_channel(opts.queue.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_checkpointer(&path, gate, restart, stop.clone())?;
+        spawn_checkpointer(&path, gate, restart, opts.checkpoint_every, stop.clone())?;
         {
             let writer = writer.clone();
             let pending = pending.clone();
@@ -980,6 +984,7 @@ fn spawn_checkpointer(
     path: &Path,
     gate: Arc<Mutex<()>>,
     restart: Arc<AtomicBool>,
+    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<(), AuditError> {
     let path = path.to_path_buf();
@@ -989,11 +994,11 @@ fn spawn_checkpointer(
             // Sooner while the log is written to: the longer a pass waits,
             // the more a restart has left to copy, and the WAL must not
             // reach its cap between two passes.
-            let mut pause = CHECKPOINT_EVERY;
+            let mut pause = every;
             let mut last_frames = 0;
             while !stop.load(Ordering::Acquire) {
                 thread::sleep(pause);
-                pause = CHECKPOINT_EVERY;
+                pause = every;
                 let _gate = lock(&gate);
                 let Ok(conn) = Connection::open_with_flags(
                     &path,
@@ -1022,7 +1027,7 @@ fn spawn_checkpointer(
                     .map_or(4096, |p| u64::try_from(p).unwrap_or(4096));
                 drop(conn);
                 if frames != last_frames {
-                    pause = CHECKPOINT_BUSY;
+                    pause = every.min(CHECKPOINT_BUSY);
                 }
                 last_frames = frames;
                 if frames.saturating_mul(page) >= RESTART_WAL_AT {
