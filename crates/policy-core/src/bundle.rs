@@ -198,13 +198,10 @@ pub struct Bundle {
     pub(crate) types: TypeNames,
     pub(crate) config: BundleConfig,
     pub(crate) warnings: Vec<Diagnostic>,
-    /// Some policy or entity names `shell` (so `context.shell` is built).
-    /// Cedar has no computed attribute names, so a bundle that never
-    /// writes the word cannot read the field.
-    pub(crate) uses_shell: bool,
     /// The top-level `context` fields some policy file spells (every field
     /// when any policy file holds a string escape). A field no policy can
-    /// name cannot change a decision, so it is not built.
+    /// name cannot change a decision, so it is not built (nor, for
+    /// `shell`, is the command parsed).
     pub(crate) context_reads: crate::engine::ContextReads,
     /// Some policy or entity names `ToolGroup` (so tools get their
     /// built-in groups as parents).
@@ -506,15 +503,9 @@ impl Bundle {
         let schema_json = compiled.map(|(_, json)| json).unwrap_or_default();
         let types = type_names();
         let by_action = index_by_action(&all, &types);
-        // What the policies can read, from their source. Cedar has no
-        // computed attribute names, so `context.shell`, `context["shell"]`
-        // and `context has shell` all spell the word, unless a string
-        // escape spells it: any `\\` in a policy file counts as a use. A
-        // comment or a string that says "shell" only makes this true
-        // needlessly, never false. Type names have no escapes.
+        // What the policies can read, from their source (see
+        // `ContextReads`). Type names have no escapes.
         let cedar_text = || files.iter().filter(|f| f.path.ends_with(".cedar"));
-        let uses_shell =
-            cedar_text().any(|f| f.content.contains("shell") || f.content.contains('\\'));
         let context_reads = crate::engine::ContextReads::from_sources(
             &cedar_text().map(|f| f.content.as_str()).collect::<Vec<_>>(),
         );
@@ -523,7 +514,6 @@ impl Bundle {
                 .iter()
                 .any(|f| f.path == ENTITIES_FILE && f.content.contains("ToolGroup"));
         Ok(Self {
-            uses_shell,
             context_reads,
             uses_tool_groups,
             hash,

@@ -178,7 +178,7 @@ impl Bundle {
         findings: &[String],
         all: Option<&cedar_policy::PolicySet>,
     ) -> Decision {
-        let targets = match event_targets(event, self.uses_shell) {
+        let targets = match event_targets(event, self.context_reads.reads("shell")) {
             Ok(t) => t,
             Err(why) => return Decision::deny(ReasonCode::MalformedEvent, why, &self.hash),
         };
@@ -248,7 +248,7 @@ impl Bundle {
 
     /// Decides one event and reports what was considered and what matched.
     pub fn explain(&self, event: &Event) -> Explanation {
-        let targets = match event_targets(event, self.uses_shell) {
+        let targets = match event_targets(event, self.context_reads.reads("shell")) {
             Ok(t) => t,
             Err(why) => {
                 let mut out = self.explain_target(event, &Target::default());
