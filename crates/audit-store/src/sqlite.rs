@@ -288,9 +288,10 @@ struct Writer {
     /// Set by the checkpointer when the WAL holds more than
     /// `RESTART_WAL_AT`: the writer restarts it between commits.
     restart: Arc<AtomicBool>,
-    /// WAL restarts done (shared with [`SqliteAudit::wal_restarts`]) and
-    /// deferred.
-    restarts: (Arc<AtomicU64>, u64),
+    /// WAL restarts done (shared with [`SqliteAudit::wal_restarts`]).
+    restarts: Arc<AtomicU64>,
+    /// WAL restarts a reader or a checkpoint deferred.
+    restarts_deferred: u64,
     /// Records the writer owes the chain (undelivered decisions,
     /// retirements), committed with the next batch.
     owed: Vec<AuditRecord>,
@@ -353,7 +354,8 @@ impl SqliteAudit {
             health: health.clone(),
             gate: gate.clone(),
             restart: restart.clone(),
-            restarts: (restarts.clone(), 0),
+            restarts: restarts.clone(),
+            restarts_deferred: 0,
             owed: Vec::new(),
             failed_bytes: 0,
             opts: opts.clone(),
@@ -502,6 +504,23 @@ fn run_writer(
     let mut w = lock(writer);
     let _ = w.flush();
     stop.store(true, Ordering::Release);
+}
+
+/// Runs `f` with SQLite's busy timeout at zero: the writer never waits on
+/// a reader or another process's lock with appends behind it.
+fn without_waiting<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> T) -> T {
+    let _ = conn.busy_timeout(Duration::ZERO);
+    let r = f(conn);
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    r
+}
+
+/// `PRAGMA wal_checkpoint(mode)` without waiting; its first column (1 when
+/// a reader or a lock kept it from completing).
+fn checkpoint(conn: &mut Connection, mode: &str) -> rusqlite::Result<i64> {
+    without_waiting(conn, |c| {
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -681,10 +700,10 @@ impl Writer {
         {
             return None;
         }
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let done = commit(&mut self.conn, &[(record, once)], self.seq, &self.hash);
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
-        let (seq, hash, seqs) = done.ok()?;
+        let (seq, hash, seqs) = without_waiting(&mut self.conn, |c| {
+            commit(c, &[(record, once)], self.seq, &self.hash)
+        })
+        .ok()?;
         self.seq = seq;
         self.hash = hash;
         self.since_size_check += 1;
@@ -771,12 +790,9 @@ impl Writer {
             self.commit_batch(Vec::new());
         }
         self.sign();
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let r = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
-        r.map_err(AuditError::from)
+        checkpoint(&mut self.conn, "TRUNCATE")
+            .map(|_| ())
+            .map_err(AuditError::from)
     }
 
     /// Restarts the WAL from its start: checkpoints the frames the
@@ -785,19 +801,15 @@ impl Writer {
     /// Never waits: a reader or a checkpoint in the way defers it to the
     /// checkpointer's next pass.
     fn restart_wal(&mut self) {
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        let done = checkpoint(&mut self.conn, "RESTART");
         if matches!(done, Ok(0)) {
-            self.restarts.0.fetch_add(1, Ordering::Relaxed);
+            self.restarts.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.restarts.1 += 1;
+            self.restarts_deferred += 1;
         }
         tracing::debug!(
-            done = self.restarts.0.load(Ordering::Relaxed),
-            deferred = self.restarts.1,
+            done = self.restarts.load(Ordering::Relaxed),
+            deferred = self.restarts_deferred,
             result = ?done,
             "audit WAL restart"
         );
@@ -812,14 +824,7 @@ impl Writer {
         }
         // Readers (verify, query) can hold the WAL: never wait on them with
         // decisions queued behind this writer; the next check tries again.
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            });
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
-        match done {
+        match checkpoint(&mut self.conn, "TRUNCATE") {
             Ok(0) => tracing::debug!(size, "audit WAL truncated"),
             Ok(_) => tracing::warn!(
                 size,
@@ -872,12 +877,7 @@ impl Writer {
         let _gate = lock(&gate);
         // Everything must be in the main file before it is renamed: a
         // reader holding the WAL postpones the seal.
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
-        if busy != 0 {
+        if checkpoint(&mut self.conn, "TRUNCATE")? != 0 {
             tracing::warn!("a reader holds the audit WAL; sealing later");
             return Ok(());
         }
@@ -885,9 +885,7 @@ impl Writer {
         self.seq = seq;
         self.hash = hash;
         self.sign();
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        checkpoint(&mut self.conn, "TRUNCATE")?;
         let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
         if let Err((_, e)) = old.close() {
             return Err(e.into());
