@@ -1637,6 +1637,8 @@ mod tests {
     /// A full queue refuses at once instead of buffering without bound.
     #[tokio::test]
     async fn a_full_queue_refuses_at_once() {
+        use std::task::{Context, Poll, Waker};
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.db");
         let store = SqliteAudit::open_with(
@@ -1649,18 +1651,18 @@ mod tests {
         .unwrap();
         // The writer stalls (as behind a slow disk) once it has taken one
         // record: it holds at most that one, and the queue four.
-        let stalled = store.writer.lock().unwrap();
+        let stalled = lock(&store.writer);
         let mut accepted = Vec::new();
         let mut overloaded = 0;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(Waker::noop());
         for i in 0..64 {
             let mut f = store.append(rec(i));
             match f.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(Err(AuditError::Overloaded(4))) => overloaded += 1,
-                std::task::Poll::Ready(other) => {
+                Poll::Ready(Err(AuditError::Overloaded(4))) => overloaded += 1,
+                Poll::Ready(other) => {
                     panic!("append {i} answered {other:?} with the writer stalled")
                 }
-                std::task::Poll::Pending => accepted.push(f),
+                Poll::Pending => accepted.push(f),
             }
         }
         assert!(
